@@ -145,6 +145,216 @@ def demo_load(scale: str, force: bool):
     click.echo("loaded " + ", ".join(f"{n:,} {table}" for table, n in counts.items()))
 
 
+@demo_group.command("traffic")
+@click.option("--days", type=click.IntRange(1, 400), default=35, show_default=True,
+              help="How many days of history to replay, ending now.")
+@friendly_errors
+def demo_traffic(days: int):
+    """Replay realistic traffic through the real cached functions (moves the SQL clock)."""
+    from cachelib import demo
+
+    report = demo.traffic(db.database_url(), days, progress=_progress_bar)
+    click.echo(f"replayed {days} days: {report.calls:,} calls, {report.writes} writes, "
+               f"{report.cleanups} cleanups in {report.seconds:.1f} s")
+
+
+# --- one-step setup and serving (make run) --------------------------------------
+
+@cli.command("setup")
+@friendly_errors
+def setup_cmd():
+    """Everything make run needs: database, migrations, demo data and traffic, dashboard logins."""
+    from cachelib import auth, demo, migrate
+    from cachelib.maintenance import Actor, Maintenance
+
+    settings = config.settings()
+    url = db.database_url(settings)
+    where = db.describe_url(url) if settings.database_url else f"embedded PostgreSQL in {settings.data_dir}"
+    click.echo(f"database: {where}")
+    click.echo(migrate.apply(url).describe())
+    if not demo.has_data(url):
+        counts = demo.load(url, "small", progress=_progress_bar)
+        click.echo("demo data: " + ", ".join(f"{n:,} {table}" for table, n in counts.items()))
+    if not demo.has_traffic(url):
+        report = demo.traffic(url, 35, progress=_progress_bar)
+        click.echo(f"demo traffic: {report.calls:,} calls over 35 days in {report.seconds:.1f} s")
+        setup_actor = Actor("setup", "admin", "cli")
+        for cache in ("expert_sessions", "product_performance"):
+            Maintenance(db.get_database(url)).prewarm(setup_actor, cache)
+    created = auth.ensure_credentials(settings)
+    if created:
+        click.secho("Dashboard logins (shown once; stored hashed in " f"{settings.auth_file}):", bold=True)
+        for user, password in created:
+            click.echo(f"  {user:8s} {password}")
+    else:
+        click.echo(f"dashboard logins: as created earlier (hashed in {settings.auth_file}); "
+                   "delete that file to make new ones")
+
+
+@cli.command("serve")
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@friendly_errors
+def serve_cmd(port: int, host: str):
+    """Start the dashboard (Streamlit) on PORT."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            _fail(f"port {port} is already in use; stop what runs there or use: make run PORT={port + 1}")
+    click.secho(f"Dashboard: http://localhost:{port}  (log in as admin or viewer; Ctrl+C stops it)", bold=True)
+    os.execvp(sys.executable, [sys.executable, "-m", "streamlit", "run", str(config.PROJECT_ROOT / "dashboard.py"),
+                               "--server.port", str(port), "--server.address", host, "--server.headless", "true"])
+
+
+# --- status and maintenance -------------------------------------------------------
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def status_cmd(as_json: bool):
+    """Print the cache overview and the Week 1 / Month 1 target status."""
+    from cachelib import queries
+
+    overview = queries.overview()
+    targets = queries.target_status()
+    if as_json:
+        emit({"overview": overview.to_dict("records"), "targets": targets.to_dict("records")}, True)
+        return
+    click.echo(overview[["cache_name", "entries", "live_entries", "total_bytes", "hit_rate_today", "hit_rate_7d",
+                         "hit_rate_30d", "load_reduction_30d", "fallbacks_7d"]].to_string(index=False))
+    click.echo()
+    click.echo(targets[["milestone", "target", "cache_name", "measured", "goal", "state"]].to_string(index=False))
+
+
+def _actor() -> object:
+    import getpass
+
+    from cachelib.maintenance import Actor
+
+    # Whoever can run this command can reach the database as its owner: an admin.
+    return Actor(getpass.getuser(), "admin", "cli")
+
+
+def _show(result, as_json: bool) -> None:
+    emit(result.to_dict(), as_json, result.message)
+
+
+@cli.group("maintenance")
+def maintenance_group():
+    """Maintenance actions (for cron: non-zero exit on failure, --json for scripts)."""
+
+
+@maintenance_group.command("health")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def maintenance_health(as_json: bool):
+    """Run the health analysis; exit 1 when any check is critical."""
+    from cachelib.maintenance import Maintenance
+
+    result = Maintenance().health_check(_actor())
+    if as_json:
+        _show(result, True)
+    else:
+        click.echo(result.message)
+        for check in result.details["checks"]:
+            click.echo(f"  [{check['status']:8s}] {check['check_name']}: {check['value']}")
+            if check["status"] != "ok":
+                click.echo(f"             -> {check['recommendation']}")
+    if result.details["overall"] == "critical":
+        sys.exit(1)
+
+
+@maintenance_group.command("cleanup")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def maintenance_cleanup(as_json: bool):
+    """Delete expired entries and log it (run hourly from cron)."""
+    from cachelib.maintenance import Maintenance
+
+    _show(Maintenance().cleanup(_actor()), as_json)
+
+
+@maintenance_group.command("stats")
+@click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def maintenance_stats(days: int, as_json: bool):
+    """Cleanup statistics per day."""
+    from cachelib.maintenance import Maintenance
+
+    result = Maintenance().cleanup_stats(_actor(), days)
+    if as_json:
+        _show(result, True)
+        return
+    click.echo(result.message)
+    for row in result.details["days"]:
+        click.echo(f"  {row['day']}  cleanups={row['cleanups']:<4} removed={row['entries_removed']:<6} "
+                   f"evicted={row['entries_evicted']:<5} freed={row['bytes_freed']:,} bytes")
+
+
+@maintenance_group.command("optimize")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def maintenance_optimize(as_json: bool):
+    """Cleanup, drop entries that cost more than they save, refresh statistics."""
+    from cachelib.maintenance import Maintenance
+
+    _show(Maintenance().optimize(_actor()), as_json)
+
+
+@maintenance_group.command("invalidate")
+@click.option("--cache", help="Cache name: expert_sessions or product_performance.")
+@click.option("--key", help="One cache key, e.g. expert_sessions:42.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def maintenance_invalidate(cache: str | None, key: str | None, as_json: bool):
+    """Mark one cache, or one key, stale."""
+    from cachelib.maintenance import Maintenance
+
+    _show(Maintenance().invalidate(_actor(), cache=cache, key=key), as_json)
+
+
+@maintenance_group.command("emergency-clear")
+@click.option("--confirm", required=True, help="Must be exactly EMERGENCY_CLEAR_CONFIRMED.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def maintenance_emergency_clear(confirm: str, as_json: bool):
+    """Delete every cache entry (needs the confirmation token)."""
+    from cachelib.maintenance import Maintenance
+
+    _show(Maintenance().emergency_clear(_actor(), confirm), as_json)
+
+
+@maintenance_group.command("prewarm")
+@click.option("--cache", required=True, type=click.Choice(["expert_sessions", "product_performance"]))
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def maintenance_prewarm(cache: str, as_json: bool):
+    """Compute a cache's all-rows key and its most used ids ahead of traffic."""
+    from cachelib.maintenance import Maintenance
+
+    _show(Maintenance().prewarm(_actor(), cache), as_json)
+
+
+@cli.command("config")
+@friendly_errors
+def config_cmd():
+    """Show every setting, its value in effect and where it comes from."""
+    import os
+
+    settings = config.settings()
+    for setting in config.SETTINGS:
+        secret = "PASSWORD" in setting.name or "KEY" in setting.name or setting.name == "DATABASE_URL"
+        value = os.environ.get(setting.name) or setting.default
+        shown = "(set)" if secret and os.environ.get(setting.name) else (value if value is not None else "(unset)")
+        click.echo(f"{setting.name:32s} {shown!s:24s} {settings.sources[setting.name]:11s} {setting.meaning}")
+
+
 def _progress_bar(label: str, total: int):
     return click.progressbar(length=total, label=label, file=sys.stderr)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Mapping
 
 from cachelib.errors import ConfigError
 
@@ -31,7 +31,7 @@ class Duration:
     seconds: int
 
     @classmethod
-    def parse(cls, text: str, *, setting: str = "duration") -> "Duration":
+    def parse(cls, text: str, *, setting: str = "duration") -> Duration:
         """Parse ``text``; raises ConfigError naming the setting, the value and the accepted forms."""
         cleaned = text.strip().lower()
         parts = _DURATION_PART.findall(cleaned)
@@ -76,9 +76,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHE_TARGET_WEEK1_ANALYTICS", "70", "Week 1 target: analytics hit rate above this percentage."),
     Setting("CACHE_TARGET_MONTH1_SESSIONS", "70", "Month 1 target: expert-sessions hit rate above this percentage."),
     Setting("CACHE_TARGET_MONTH1_ANALYTICS", "85", "Month 1 target: analytics hit rate above this percentage."),
-    Setting("CACHE_TARGET_LOAD_REDUCTION", "40", "Month 1 target: share of query time avoided, at least this percentage."),
+    Setting("CACHE_TARGET_LOAD_REDUCTION", "40", "Month 1 target: share of query time avoided, at least this %."),
     Setting("CACHE_CONNECT_TIMEOUT", "5s", "Give up connecting to the database after this long."),
     Setting("CACHE_STATEMENT_TIMEOUT", "30s", "Cancel any single statement after this long."),
+    Setting("CACHE_LOCK_TIMEOUT", "3s", "Give up waiting for a row or table lock after this long (then fall back)."),
     Setting("CACHE_POOL_SIZE", "8", "Largest number of pooled database connections per process."),
     Setting("DASHBOARD_AUTH_FILE", ".data/auth.yaml", "Dashboard credentials (bcrypt hashes); created on first start."),
     Setting("DASHBOARD_COOKIE_KEY", None, "Secret that signs login cookies. Unset: a random key kept in .data/."),
@@ -116,6 +117,7 @@ class Settings:
     targets: Targets
     connect_timeout: Duration
     statement_timeout: Duration
+    lock_timeout: Duration
     pool_size: int
     auth_file: Path
     cookie_key: str | None
@@ -125,7 +127,7 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every setting; raises ConfigError naming the first bad one."""
         env = os.environ if environ is None else environ
 
@@ -154,6 +156,7 @@ class Settings:
             ),
             connect_timeout=Duration.parse(raw("CACHE_CONNECT_TIMEOUT"), setting="CACHE_CONNECT_TIMEOUT"),
             statement_timeout=Duration.parse(raw("CACHE_STATEMENT_TIMEOUT"), setting="CACHE_STATEMENT_TIMEOUT"),
+            lock_timeout=Duration.parse(raw("CACHE_LOCK_TIMEOUT"), setting="CACHE_LOCK_TIMEOUT"),
             pool_size=_integer("CACHE_POOL_SIZE", raw("CACHE_POOL_SIZE"), 1, 100),
             auth_file=_path(raw("DASHBOARD_AUTH_FILE")),
             cookie_key=raw("DASHBOARD_COOKIE_KEY"),
@@ -221,8 +224,9 @@ def _timestamp(name: str, text: str | None) -> datetime | None:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not an ISO date or date-time, e.g. 2026-11-01 or 2026-11-01T09:00") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        raise ConfigError(
+            f"{name}={text!r} is not an ISO date or date-time, e.g. 2026-11-01 or 2026-11-01T09:00") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 _cached: Settings | None = None

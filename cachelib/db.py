@@ -12,10 +12,10 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -137,15 +137,16 @@ def describe_url(url: str) -> str:
 
 
 def connection_kwargs(config: Settings) -> dict:
-    timeout_ms = config.statement_timeout.seconds * 1000
+    statement_ms = config.statement_timeout.seconds * 1000
+    lock_ms = config.lock_timeout.seconds * 1000
     return {
         "connect_timeout": config.connect_timeout.seconds,
-        "options": f"-c statement_timeout={timeout_ms}",
+        "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}",
         "application_name": "pgcache-admin",
     }
 
 
-def _unavailable(url: str, exc: Exception) -> DatabaseUnavailable:
+def unavailable_error(url: str, exc: Exception) -> DatabaseUnavailable:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return DatabaseUnavailable(f"cannot reach the database at {describe_url(url)}: {reason}")
 
@@ -161,7 +162,7 @@ def connect(url: str | None = None, *, autocommit: bool = True, config: Settings
     try:
         return psycopg.connect(url, autocommit=autocommit, **connection_kwargs(config))
     except psycopg.OperationalError as exc:
-        raise _unavailable(url, exc) from None
+        raise unavailable_error(url, exc) from None
 
 
 class Database:
@@ -198,10 +199,10 @@ class Database:
             with pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise _unavailable(self.url, exc) from None
+            raise unavailable_error(self.url, exc) from None
         except psycopg.OperationalError as exc:
-            if _is_connection_failure(exc):
-                raise _unavailable(self.url, exc) from None
+            if is_connection_failure(exc):
+                raise unavailable_error(self.url, exc) from None
             raise
 
     def close(self) -> None:
@@ -211,7 +212,7 @@ class Database:
                 self._pool = None
 
 
-def _is_connection_failure(exc: psycopg.Error) -> bool:
+def is_connection_failure(exc: psycopg.Error) -> bool:
     # SQLSTATE class 08 is "connection exception"; 57P01..03 are shutdowns.
     state = getattr(exc, "sqlstate", None) or ""
     return state == "" or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
@@ -228,3 +229,25 @@ def get_database(url: str | None = None) -> Database:
         if url not in _databases:
             _databases[url] = Database(url)
         return _databases[url]
+
+
+@contextmanager
+def translated_errors(url: str = "") -> Iterator[None]:
+    """Turn database errors a caller can act on into our own exceptions.
+
+    22023 (invalid parameter value) is what our SQL functions raise for bad
+    input; its message already names the parameter. Connection failures become
+    DatabaseUnavailable. Anything else is a bug or an outage and propagates.
+    """
+    from cachelib.errors import InvalidInput
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        state = getattr(exc, "sqlstate", None) or ""
+        if state == "22023" or state.startswith("22"):
+            message = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
+            raise InvalidInput(message) from None
+        if isinstance(exc, psycopg.OperationalError) and is_connection_failure(exc):
+            raise unavailable_error(url, exc) from None
+        raise

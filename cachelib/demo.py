@@ -6,11 +6,13 @@ a progress bar can move; a million rows load in well under a minute.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC
 
 from cachelib import db
+from cachelib.config import settings
 
 SPECIALTIES = ["cardiology", "tax law", "data science", "nutrition", "architecture", "career coaching",
                "physiotherapy", "marketing", "immigration", "personal finance"]
@@ -112,3 +114,130 @@ def load(url: str, scale: str = "small", progress: ProgressFactory | None = None
         conn.execute("ANALYZE public.experts, public.expert_sessions, public.products, public.orders")
         conn.commit()
     return counts
+
+
+# --- demo traffic -------------------------------------------------------------
+#
+# Replays `days` of history through the real CacheManager with the SQL clock
+# moved per call, so statistics, the cleanup log and the audit log are produced
+# by the production code path. Traffic grows as "adoption" rises, follows a
+# daily curve, prefers popular keys, and 1% of calls are writes that invalidate.
+
+@dataclass
+class TrafficReport:
+    calls: int = 0
+    writes: int = 0
+    cleanups: int = 0
+    seconds: float = 0.0
+
+
+def _adoption(day_index: int, days: int) -> float:
+    """0.35 on day one, rising to 1.0 at 60% of the replayed period."""
+    return 0.35 + 0.65 * min(1.0, day_index / max(days * 0.6, 1))
+
+
+def _hourly_visits(adoption: float, hour: int, peak: int) -> int:
+    daily_curve = 0.25 + 0.75 * max(0.0, 1 - abs(hour - 14) / 9)
+    return max(1, round(peak * adoption * daily_curve))
+
+
+def traffic(url: str, days: int = 35, progress: ProgressFactory | None = None, seed: int = 7,
+            peak_visits_per_hour: int = 6) -> TrafficReport:
+    """Drive the cached functions over the last ``days`` days; returns what was done."""
+    import random
+    import time
+    from datetime import datetime, timedelta
+
+    from cachelib.maintenance import Actor, Maintenance
+    from cachelib.manager import CacheManager
+
+    if not 1 <= days <= 400:
+        from cachelib.errors import InvalidInput
+
+        raise InvalidInput(f"days must be from 1 to 400, got {days}")
+    started = time.perf_counter()
+    rng = random.Random(seed)
+    # Ends now, so the last entries are still live when the dashboard opens.
+    start = datetime.now(UTC) - timedelta(days=days)
+    sim = {"t": start}
+    # One pooled connection: the clock set for maintenance actions (see _at) is on that connection.
+    database = db.Database(url, replace(settings(), pool_size=1))
+    manager = CacheManager(database, clock=lambda: sim["t"])
+    maintenance = Maintenance(database)
+    cron = Actor("cron", "admin", "demo")
+    admin = Actor("admin", "admin", "demo")
+    with db.connect(url) as conn:
+        expert_ids = [r[0] for r in conn.execute("SELECT id FROM public.experts ORDER BY id")]
+        product_ids = [r[0] for r in conn.execute("SELECT id FROM public.products ORDER BY id")]
+        conn.execute("UPDATE cache_private.settings SET value = %s WHERE name = 'deployed_at'", (start.isoformat(),))
+        conn.execute("UPDATE cache_private.settings SET value = 'true' WHERE name = 'demo_data'")
+    if not expert_ids or not product_ids:
+        from cachelib.errors import CacheError
+
+        raise CacheError("the demo tables are empty; run: python -m cachelib demo load")
+
+    report = TrafficReport()
+    hours = days * 24
+    bar = progress("replaying demo traffic", hours) if progress else nullcontext()
+    with bar, db.connect(url) as writer:
+        for hour_index in range(hours):
+            hour_start = start + timedelta(hours=hour_index)
+            adoption = _adoption(hour_index // 24, days)
+            # A visit is one person on one screen: a few calls for the same key within minutes.
+            visits = _hourly_visits(adoption, hour_start.hour, peak_visits_per_hour)
+            for minute in sorted(rng.uniform(0, 60) for _ in range(visits)):
+                if rng.random() < 0.03:
+                    sim["t"] = hour_start + timedelta(minutes=minute)
+                    _demo_write(writer, rng, sim["t"], expert_ids, product_ids)
+                    report.writes += 1
+                    continue
+                cache = "expert_sessions" if rng.random() < 0.6 else "product_performance"
+                ids = expert_ids if cache == "expert_sessions" else product_ids
+                ident = None if rng.random() < 0.45 else ids[min(int(rng.paretovariate(1.2)) - 1, len(ids) - 1)]
+                for offset in sorted(rng.uniform(0, 4) for _ in range(1 + rng.randint(0, round(1 + 7 * adoption)))):
+                    sim["t"] = hour_start + timedelta(minutes=min(minute + offset, 59.9))
+                    manager.call(cache, ident)
+                    report.calls += 1
+            if hour_index % 6 == 5:
+                sim["t"] = hour_start + timedelta(minutes=59)
+                _at(database, sim["t"], lambda: maintenance.cleanup(cron))
+                report.cleanups += 1
+            if hour_index % (24 * 7) == 24 * 7 - 1:
+                _at(database, sim["t"], lambda: maintenance.health_check(admin))
+                _at(database, sim["t"], lambda: maintenance.optimize(admin))
+            if progress:
+                bar.update(1)
+    with db.connect(url) as conn:
+        conn.execute("SELECT cache_private.rollup_stats()")
+    database.close()
+    report.seconds = round(time.perf_counter() - started, 2)
+    return report
+
+
+def _demo_write(conn, rng, at, expert_ids, product_ids) -> None:
+    with conn.transaction():
+        conn.execute("SELECT set_config('cachelib.now', %s, true)", (at.isoformat(),))
+        if rng.random() < 0.6:
+            conn.execute("""INSERT INTO public.expert_sessions (expert_id, started_at, duration_minutes, rating, status)
+                            VALUES (%s, %s, 45, 4.5, 'completed')""", (rng.choice(expert_ids), at))
+        else:
+            conn.execute("""INSERT INTO public.orders (product_id, quantity, unit_price, ordered_at)
+                            SELECT id, 1, price, %s FROM public.products WHERE id = %s""",
+                         (at, rng.choice(product_ids)))
+
+
+def _at(database, moment, action) -> None:
+    """Run a maintenance action with the SQL clock at ``moment`` (its own pooled connection)."""
+    with database.connection() as conn:
+        conn.execute("SELECT set_config('cachelib.now', %s, false)", (moment.isoformat(),))
+    try:
+        action()
+    finally:
+        with database.connection() as conn:
+            conn.execute("RESET cachelib.now")
+
+
+def has_traffic(url: str) -> bool:
+    """True when the statistics already hold history (demo or real)."""
+    with db.connect(url) as conn:
+        return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM cache_private.cache_stats_hourly)").fetchone()[0])

@@ -17,8 +17,8 @@ from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 
 from cachelib.config import PROJECT_ROOT, settings
-from cachelib.db import connection_kwargs, describe_url
-from cachelib.errors import DatabaseUnavailable, MigrationError
+from cachelib.db import connection_kwargs, unavailable_error
+from cachelib.errors import MigrationError
 
 MIGRATIONS_DIR = PROJECT_ROOT / "sql" / "migrations"
 MIGRATION_TABLE = "_cachelib_migrations"
@@ -78,7 +78,7 @@ def _open_backend(url: str):
         backend.init_database()  # yoyo's own lock and log tables
         return backend
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot reach the database at {describe_url(url)}: {exc}".strip()) from None
+        raise unavailable_error(url, exc) from None
 
 
 def pending(url: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:

@@ -1,0 +1,217 @@
+"""The write side: health check, cleanup, statistics, optimize, invalidate, emergency clear, prewarm.
+
+Each action takes the acting user, refuses non-admins with PermissionDenied
+(the rule lives here, so the dashboard, the API and the CLI cannot disagree),
+leaves an audit row, and returns an ActionResult all three can show.
+Write actions are audited by their SQL functions in the same transaction as
+the change; refusals and read-only actions are audited here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import psycopg
+
+from cachelib.db import Database, get_database, translated_errors
+from cachelib.errors import ConfirmationRequired, InvalidInput, PermissionDenied
+
+EMERGENCY_TOKEN = "EMERGENCY_CLEAR_CONFIRMED"
+Role = Literal["admin", "viewer"]
+ROLES = ("admin", "viewer")
+ACTIONS = ("health_check", "cleanup", "cleanup_stats", "optimize_cache", "invalidate", "emergency_clear", "prewarm")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, in which role, and through what (dashboard, api, cli)."""
+
+    name: str
+    role: Role
+    via: str = "cli"
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise InvalidInput(f"role must be admin or viewer, got {self.role!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.via})"
+
+
+@dataclass
+class ActionResult:
+    action: str
+    ok: bool
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    duration_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def actions_for(actor: Actor) -> list[str]:
+    """The maintenance actions this actor may run."""
+    return list(ACTIONS) if actor.role == "admin" else []
+
+
+class Maintenance:
+    def __init__(self, database: Database | None = None):
+        self.database = database or get_database()
+
+    # --- the actions -------------------------------------------------------
+
+    def health_check(self, actor: Actor) -> ActionResult:
+        """Run analyze_cache_health(); details: checks (list) and overall status."""
+        def run(conn):
+            cursor = conn.execute("SELECT * FROM public.analyze_cache_health()")
+            names = [c.name for c in cursor.description]
+            checks = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            overall = _worst(check["status"] for check in checks)
+            self._audit(conn, "health_check", {}, "ok", {"overall": overall})
+            counts = {s: sum(c["status"] == s for c in checks) for s in ("ok", "warning", "critical")}
+            message = f"Health: {overall} ({counts['critical']} critical, {counts['warning']} warning)"
+            return message, {"overall": overall, "checks": checks}
+        return self._act(actor, "health_check", {}, run)
+
+    def cleanup(self, actor: Actor) -> ActionResult:
+        """Delete expired entries (and evict beyond the size bound); details: the cleanup log row."""
+        def run(conn):
+            removed = conn.execute("SELECT public.cleanup_expired_cache()").fetchone()[0]
+            row = _row(conn, "SELECT * FROM public.cache_cleanup_log ORDER BY id DESC LIMIT 1")
+            return f"Cleanup removed {removed} entries, freed {row['bytes_freed']:,} bytes", row
+        return self._act(actor, "cleanup", {}, run)
+
+    def cleanup_stats(self, actor: Actor, days: int = 7) -> ActionResult:
+        """Cleanup statistics per day for the last ``days`` days (1..3650)."""
+        _check_days(days)
+
+        def run(conn):
+            cursor = conn.execute("SELECT * FROM public.get_cache_cleanup_stats(%s)", (days,))
+            names = [c.name for c in cursor.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+            self._audit(conn, "cleanup_stats", {"days": days}, "ok", {"days_returned": len(rows)})
+            total = sum(r["entries_removed"] + r["entries_evicted"] for r in rows)
+            cleanups = sum(r["cleanups"] for r in rows)
+            return f"{cleanups} cleanups removed {total} entries in {days} days", {"days": rows}
+        return self._act(actor, "cleanup_stats", {"days": days}, run)
+
+    def optimize(self, actor: Actor) -> ActionResult:
+        """Cleanup, drop unprofitable entries, refresh planner statistics."""
+        def run(conn):
+            result = conn.execute("SELECT public.optimize_cache()").fetchone()[0]
+            removed = result["expired_removed"] + result["evicted"] + result["unprofitable_removed"]
+            return f"Optimize removed {removed} entries and refreshed statistics", result
+        return self._act(actor, "optimize_cache", {}, run)
+
+    def invalidate(self, actor: Actor, cache: str | None = None, key: str | None = None) -> ActionResult:
+        """Mark one cache's entries, or one key, stale."""
+        if (cache is None) == (key is None):
+            raise InvalidInput("give exactly one of cache or key")
+        params = {"cache": cache} if cache is not None else {"key": key}
+
+        def run(conn):
+            count = conn.execute("SELECT public.invalidate_cache(%s, %s)", (cache, key)).fetchone()[0]
+            target = f"cache {cache}" if cache is not None else f"key {key}"
+            return f"Invalidated {count} entries of {target}", {"entries_invalidated": count}
+        return self._act(actor, "invalidate", params, run)
+
+    def emergency_clear(self, actor: Actor, confirm: str | None) -> ActionResult:
+        """Delete every entry; refuses (and audits the refusal) without the exact token."""
+        if confirm != EMERGENCY_TOKEN:
+            self._refuse(actor, "emergency_clear", {}, "wrong or missing confirmation token")
+            raise ConfirmationRequired(f"emergency clear refused: type {EMERGENCY_TOKEN} exactly to confirm; "
+                                       "nothing was deleted")
+
+        def run(conn):
+            deleted = conn.execute("SELECT public.emergency_clear_cache(%s)", (confirm,)).fetchone()[0]
+            return f"Emergency clear deleted {deleted} entries", {"entries_deleted": deleted}
+        return self._act(actor, "emergency_clear", {}, run)
+
+    def prewarm(self, actor: Actor, cache: str, manager=None, top_ids: int = 20) -> ActionResult:
+        """Fill one cache: its all-rows key and its most requested ids."""
+        from cachelib.manager import CACHED_FUNCTIONS, CacheManager
+
+        if cache not in CACHED_FUNCTIONS:
+            raise InvalidInput(f"unknown cache {cache!r}; known: {', '.join(sorted(CACHED_FUNCTIONS))}")
+        manager = manager or CacheManager(self.database)
+
+        def run(conn):
+            ids = [r[0] for r in conn.execute(
+                """SELECT split_part(cache_key, ':', 2)::bigint FROM public.query_cache
+                   WHERE cache_name = %s AND cache_key !~ ':all$' AND split_part(cache_key, ':', 2) ~ '^[0-9]+$'
+                   ORDER BY hit_count DESC, cache_key LIMIT %s""", (cache, top_ids)).fetchall()]
+            for ident in [None, *ids]:
+                manager.call(cache, ident)
+            self._audit(conn, "prewarm", {"cache": cache}, "ok", {"keys_warmed": len(ids) + 1})
+            return f"Prewarmed {len(ids) + 1} keys of {cache}", {"keys_warmed": len(ids) + 1}
+        return self._act(actor, "prewarm", {"cache": cache}, run)
+
+    # --- shared plumbing -----------------------------------------------------
+
+    def _act(self, actor: Actor, action: str, params: dict, run: Callable) -> ActionResult:
+        if action not in actions_for(actor):
+            self._refuse(actor, action, params, f"role {actor.role} may not run maintenance")
+            raise PermissionDenied(f"{actor.name} ({actor.role}) may not run {action}: maintenance is for admins")
+        started = time.perf_counter()
+        with translated_errors(self.database.url), self.database.connection() as conn:
+            with conn.transaction():
+                _identify(conn, actor)
+                message, details = run(conn)
+        return ActionResult(action, True, message, _plain(details), round((time.perf_counter() - started) * 1000, 2))
+
+    def _refuse(self, actor: Actor, action: str, params: dict, why: str) -> None:
+        try:
+            with self.database.connection() as conn, conn.transaction():
+                _identify(conn, actor)
+                self._audit(conn, action, params, "refused", {"reason": why})
+        except psycopg.Error:
+            pass  # the refusal stands even if it cannot be written down
+
+    @staticmethod
+    def _audit(conn, action: str, params: dict, outcome: str, result: dict) -> None:
+        conn.execute("SELECT cache_private.write_audit(%s, %s::jsonb, %s, %s::jsonb, 0)",
+                     (action, json.dumps(params, default=str), outcome, json.dumps(result, default=str)))
+
+
+def _identify(conn, actor: Actor) -> None:
+    """Tell the SQL audit who is acting, for this transaction only."""
+    conn.execute("SELECT set_config('cachelib.actor', %s, true), set_config('cachelib.actor_role', %s, true)",
+                 (actor.label, actor.role))
+
+
+def _row(conn, sql: str) -> dict:
+    cursor = conn.execute(sql)
+    names = [c.name for c in cursor.description]
+    row = cursor.fetchone()
+    return dict(zip(names, row, strict=True)) if row else {}
+
+
+def _check_days(days) -> None:
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+        raise InvalidInput(f"days must be a whole number from 1 to 3650, got {days!r}")
+
+
+SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
+
+
+def _worst(statuses) -> str:
+    return max(statuses, key=lambda s: SEVERITY.get(s, 0), default="ok")
+
+
+def _plain(value):
+    """JSON-friendly copy (datetimes and decimals as text/numbers) for the API and CLI."""
+    return json.loads(json.dumps(value, default=_encode))
+
+
+def _encode(value):
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)

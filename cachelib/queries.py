@@ -1,0 +1,200 @@
+"""The read side: small functions that return DataFrames, one SQL query each.
+
+Everything aggregates in PostgreSQL (the public read functions of
+0008_read_functions.sql); a page never pulls cache rows to count them.
+Bad parameters raise InvalidInput; an unreachable database DatabaseUnavailable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from cachelib.config import Settings, settings
+from cachelib.db import Database, get_database, translated_errors
+from cachelib.errors import InvalidInput
+
+ORDER_BY_CHOICES = ("hits", "size", "age", "expires", "compute", "saved", "key")
+BUCKETS = ("hour", "day", "week")
+
+
+def _frame(sql: str, params: tuple = (), database: Database | None = None, rollup: bool = False) -> pd.DataFrame:
+    database = database or get_database()
+    with translated_errors(database.url), database.connection() as conn:
+        if rollup:
+            conn.execute("SELECT cache_private.try_rollup()")
+        cursor = conn.execute(sql, params)
+        columns = [c.name for c in cursor.description]
+        return pd.DataFrame(cursor.fetchall(), columns=columns)
+
+
+def overview(database: Database | None = None) -> pd.DataFrame:
+    """One row per cache: cache_name, entries, live_entries, expired_entries, entries_with_hits, avg_hits,
+    total_bytes, hit_rate_today, hit_rate_7d, hit_rate_30d, load_reduction_30d, calls_30d, fallbacks_7d,
+    last_cleanup_at."""
+    return _frame("SELECT * FROM public.get_cache_metrics_overview()", database=database)
+
+
+def guide_overview(database: Database | None = None) -> pd.DataFrame:
+    """The guide's "Cache performance overview": total_entries, hit_entries, avg_hits, expired_entries."""
+    return _frame("""
+        SELECT COUNT(*) AS total_entries,
+               COUNT(CASE WHEN hit_count > 0 THEN 1 END) AS hit_entries,
+               COALESCE(ROUND(AVG(hit_count), 2), 0) AS avg_hits,
+               COUNT(CASE WHEN expires_at <= cache_private.cache_now() THEN 1 END) AS expired_entries
+        FROM public.query_cache""", database=database, rollup=True)
+
+
+def top_entries(limit: int = 50, order_by: str = "hits", cache: str | None = None, search: str | None = None,
+                database: Database | None = None) -> pd.DataFrame:
+    """Entries with cache_key, cache_name, hit_count, size_bytes, created_at, expires_at, age_seconds,
+    expires_in_seconds, compute_ms, time_saved_ms, last_hit_at."""
+    if order_by not in ORDER_BY_CHOICES:
+        raise InvalidInput(f"order_by must be one of {', '.join(ORDER_BY_CHOICES)}; got {order_by!r}")
+    search = search or None
+    return _frame("SELECT * FROM public.get_top_cache_entries(%s, %s, %s, %s)",
+                  (limit, order_by, cache, search), database)
+
+
+def hit_rate_series(days: int = 30, bucket: str = "day", cache: str | None = None,
+                    database: Database | None = None) -> pd.DataFrame:
+    """Per bucket and cache: bucket, cache_name, hits, misses, fallbacks, hit_rate (%), avg_hit_ms, avg_miss_ms."""
+    return _frame("SELECT * FROM public.get_cache_hit_rate_series(%s, %s, %s)", (days, bucket, cache), database)
+
+
+def load_reduction_series(days: int = 30, bucket: str = "day", database: Database | None = None) -> pd.DataFrame:
+    """Per bucket: bucket, compute_ms_spent, compute_ms_saved, load_reduction (%)."""
+    return _frame("SELECT * FROM public.get_cache_load_reduction_series(%s, %s)", (days, bucket), database)
+
+
+def cleanup_log(limit: int = 50, database: Database | None = None) -> pd.DataFrame:
+    """The newest cleanup log rows: id, cleanup_time, entries_removed, entries_evicted, never_hit_removed,
+    bytes_freed, duration_ms, triggered_by, details."""
+    if not isinstance(limit, int) or not 1 <= limit <= 10000:
+        raise InvalidInput(f"limit must be from 1 to 10000, got {limit!r}")
+    return _frame("SELECT * FROM public.cache_cleanup_log ORDER BY cleanup_time DESC, id DESC LIMIT %s",
+                  (limit,), database)
+
+
+def cleanup_stats(days: int = 7, database: Database | None = None) -> pd.DataFrame:
+    """Per UTC day: day, cleanups, entries_removed, entries_evicted, never_hit_removed, bytes_freed,
+    avg_duration_ms."""
+    return _frame("SELECT * FROM public.get_cache_cleanup_stats(%s)", (days,), database)
+
+
+def health(database: Database | None = None) -> pd.DataFrame:
+    """analyze_cache_health(): check_name, value, status (ok/warning/critical), recommendation."""
+    return _frame("SELECT * FROM public.analyze_cache_health()", database=database)
+
+
+def size_distribution(database: Database | None = None) -> pd.DataFrame:
+    """Per size class: size_class, lower_bytes, entries, total_bytes."""
+    return _frame("SELECT * FROM public.get_cache_size_distribution()", database=database)
+
+
+def fallback_usage(days: int = 7, database: Database | None = None) -> pd.DataFrame:
+    """Per UTC day and cache: day, cache_name, fallbacks, calls."""
+    return _frame("SELECT * FROM public.get_cache_fallback_usage(%s)", (days,), database)
+
+
+def fallback_reasons(database: Database | None = None) -> pd.DataFrame:
+    """Why fallbacks happened: cache_name, reason, occurrences, last_at (newest first)."""
+    return _frame("SELECT * FROM cache_private.fallback_reasons ORDER BY last_at DESC LIMIT 50",
+                  database=database, rollup=True)
+
+
+def audit_log(limit: int = 100, database: Database | None = None) -> pd.DataFrame:
+    """Maintenance actions, newest first: at, actor, actor_role, action, parameters, outcome, result,
+    duration_ms."""
+    if not isinstance(limit, int) or not 1 <= limit <= 10000:
+        raise InvalidInput(f"limit must be from 1 to 10000, got {limit!r}")
+    return _frame("""SELECT at, actor, actor_role, action, parameters, outcome, result, duration_ms
+                     FROM cache_private.maintenance_audit ORDER BY at DESC, id DESC LIMIT %s""", (limit,), database)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    deployed_at: datetime
+    source: str
+    demo_data: bool
+    now: datetime
+
+
+def deployment(database: Database | None = None, config: Settings | None = None) -> Deployment:
+    """When the cache was deployed (CACHE_DEPLOYED_AT or the first migration) and whether data is demo data."""
+    config = config or settings()
+    frame = _frame("""SELECT cache_private.setting('deployed_at')::timestamptz AS deployed_at,
+                             cache_private.setting('demo_data')::boolean AS demo_data,
+                             cache_private.cache_now() AS now""", database=database)
+    row = frame.iloc[0]
+    if config.deployed_at is not None:
+        return Deployment(config.deployed_at, "CACHE_DEPLOYED_AT", bool(row.demo_data), row.now.to_pydatetime())
+    return Deployment(row.deployed_at.to_pydatetime(), "first migration", bool(row.demo_data),
+                      row.now.to_pydatetime())
+
+
+# Week 1 is the first seven days after deployment; Month 1 is days 8 to 30, the
+# first month once the warm-up week is over (its targets are steady-state ones).
+WINDOWS = {"Week 1": (timedelta(days=0), timedelta(days=7)), "Month 1": (timedelta(days=7), timedelta(days=30))}
+
+
+def target_status(as_of: datetime | None = None, database: Database | None = None,
+                  config: Settings | None = None) -> pd.DataFrame:
+    """Each Week 1 / Month 1 target: milestone, target, cache_name, window_start, window_end, measured, goal,
+    state (met / missed / in progress / not started / no data), met (True/False/None)."""
+    config = config or settings()
+    database = database or get_database()
+    info = deployment(database, config)
+    as_of = as_of or info.now
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    t = config.targets
+    goals = [
+        ("Week 1", "Sessions hit rate above", "expert_sessions", "hit_rate", t.week1_sessions),
+        ("Week 1", "Analytics hit rate above", "product_performance", "hit_rate", t.week1_analytics),
+        ("Month 1", "Sessions hit rate above", "expert_sessions", "hit_rate", t.month1_sessions),
+        ("Month 1", "Analytics hit rate above", "product_performance", "hit_rate", t.month1_analytics),
+        ("Month 1", "Database load reduction at least", None, "load_reduction", t.load_reduction),
+    ]
+    measured = {name: _window_totals(info.deployed_at + start, min(info.deployed_at + end, as_of), database)
+                for name, (start, end) in WINDOWS.items()}
+    rows = []
+    for milestone, label, cache, metric, goal in goals:
+        start, end = (info.deployed_at + offset for offset in WINDOWS[milestone])
+        value = _measure(measured[milestone], cache, metric)
+        state, met = _judge(value, goal, metric, as_of, start, end)
+        rows.append({"milestone": milestone, "target": label, "cache_name": cache or "all caches",
+                     "window_start": start, "window_end": end, "measured": value, "goal": goal,
+                     "state": state, "met": met})
+    return pd.DataFrame(rows)
+
+
+def _window_totals(start: datetime, end: datetime, database: Database) -> pd.DataFrame:
+    if end <= start:
+        return pd.DataFrame()
+    return _frame("SELECT * FROM cache_private.window_stats(%s, %s)", (start, end), database, rollup=True)
+
+
+def _measure(totals: pd.DataFrame, cache: str | None, metric: str) -> float | None:
+    if totals.empty:
+        return None
+    if cache is not None:
+        row = totals[totals.cache_name == cache]
+        if row.empty or row.iloc[0].hit_rate is None or pd.isna(row.iloc[0].hit_rate):
+            return None
+        return float(row.iloc[0].hit_rate)
+    saved, spent = totals.compute_ms_saved.sum(), totals.compute_ms_spent.sum()
+    return round(100.0 * saved / (saved + spent), 2) if saved + spent > 0 else None
+
+
+def _judge(value, goal, metric, as_of, start, end) -> tuple[str, bool | None]:
+    if as_of < start:
+        return "not started", None
+    if value is None:
+        return "no data", None
+    met = value >= goal if metric == "load_reduction" else value > goal
+    if as_of < end:
+        return "in progress", met
+    return ("met" if met else "missed"), met
