@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 
 import click
@@ -359,7 +360,92 @@ def _progress_bar(label: str, total: int):
     return click.progressbar(length=total, label=label, file=sys.stderr)
 
 
+# --- HTTP API (api.py) ---------------------------------------------------------
+
+@cli.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
+@friendly_errors
+def api_cmd(host: str, port: int):
+    """Serve the admin HTTP API with uvicorn (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from cachelib import api
+
+    api.metrics_require_key()  # a bad API_METRICS_REQUIRE_KEY fails here, with its name, not at the first request
+    click.echo(f"pgcache-admin API on http://{host}:{port} (docs: http://{host}:{port}/docs)", err=True)
+    uvicorn.run("cachelib.api:create_app", factory=True, host=host, port=port, log_level="info")
+
+
+def _api_key_actor():
+    import getpass
+
+    from cachelib.maintenance import Actor
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "cli"
+    # Whoever can run this command reaches the database as its owner: an admin.
+    return Actor(user, "admin", "cli")
+
+
+@cli.group("api-key")
+def api_key_group():
+    """Create, revoke and list API keys of the HTTP API."""
+
+
+@api_key_group.command("create")
+@click.option("--name", required=True, help="A unique name; it appears in the audit log for every use of the key.")
+@click.option("--role", required=True, type=click.Choice(["admin", "viewer"]),
+              help="viewer: read metrics; admin: also run maintenance.")
+@friendly_errors
+def api_key_create(name: str, role: str):
+    """Create a key and print it (shown only this once)."""
+    from cachelib import apikeys
+
+    key = apikeys.create_key(name, role, actor=_api_key_actor())
+    click.echo(key)
+    click.secho(f"API key {name!r} ({role}) created. This is the only time the key is shown: store it now; "
+                "only its hash is kept. Use it as: Authorization: Bearer <key>", fg="yellow", err=True)
+
+
+@api_key_group.command("revoke")
+@click.option("--name", required=True, help="Name of the key to revoke.")
+@friendly_errors
+def api_key_revoke(name: str):
+    """Revoke a key; it stops working at once."""
+    from cachelib import apikeys
+
+    apikeys.revoke_key(name, actor=_api_key_actor())
+    click.echo(f"API key {name!r} revoked")
+
+
+@api_key_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def api_key_list(as_json: bool):
+    """List keys (names, roles, prefixes, last use; never the keys themselves)."""
+    from cachelib import apikeys
+
+    keys = apikeys.list_keys()
+    lines = [f"{'NAME':24s} {'ROLE':7s} {'PREFIX':9s} {'CREATED':20s} {'LAST USED':20s} STATE"]
+    for k in keys:
+        def when(value):
+            return f"{value:%Y-%m-%d %H:%M:%S}" if value else "never"
+        state = "active" if k["active"] else f"revoked {when(k['revoked_at'])}"
+        lines.append(f"{k['name']:24s} {k['role']:7s} {k['key_prefix']:9s} {when(k['created_at']):20s} "
+                     f"{when(k['last_used_at']):20s} {state}")
+    emit(keys, as_json, "\n".join(lines) if keys else "no API keys; create one with: "
+         "python -m cachelib api-key create --name NAME --role admin|viewer")
+
+
+# --- end HTTP API (api.py) -----------------------------------------------------
+
+
 def main():
+    # The pool retries in the background and logs each failure; one clear line from us is enough.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
         config.settings()
     except CacheError as exc:

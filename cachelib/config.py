@@ -182,10 +182,19 @@ def _path(text: str) -> Path:
 def _database_url(text: str | None) -> str | None:
     if text is None:
         return None
+    expected = "expected postgresql://user:password@host:5432/dbname"
     if not re.match(r"^postgres(ql)?://", text) and "=" not in text:
-        raise ConfigError(
-            "DATABASE_URL is not a PostgreSQL connection string; expected postgresql://user:password@host:5432/db"
-        )
+        raise ConfigError(f"DATABASE_URL is not a PostgreSQL connection string; {expected}")
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(text)
+    except ProgrammingError:
+        raise ConfigError(f"DATABASE_URL is malformed; {expected}") from None
+    ports = str(parts.get("port", "5432")).split(",")
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in ports):
+        raise ConfigError(f"DATABASE_URL has an invalid port {parts.get('port')!r}; {expected}")
     return text
 
 

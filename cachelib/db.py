@@ -198,12 +198,22 @@ class Database:
         try:
             with pool.connection() as conn:
                 yield conn
-        except PoolTimeout as exc:
-            raise unavailable_error(self.url, exc) from None
+        except PoolTimeout:
+            raise self._reason_unavailable() from None
         except psycopg.OperationalError as exc:
             if is_connection_failure(exc):
                 raise unavailable_error(self.url, exc) from None
             raise
+
+    def _reason_unavailable(self) -> DatabaseUnavailable:
+        """The pool only says it timed out; one direct attempt tells the person why."""
+        try:
+            psycopg.connect(self.url, **connection_kwargs(self.config)).close()
+        except psycopg.Error as exc:
+            return unavailable_error(self.url, exc)
+        return DatabaseUnavailable(
+            f"no free database connection within {self.config.connect_timeout}; "
+            f"raise CACHE_POOL_SIZE (now {self.config.pool_size}) or CACHE_CONNECT_TIMEOUT")
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+from psycopg.types.numeric import FloatLoader
 
 from cachelib.config import Settings, settings
 from cachelib.db import Database, get_database, translated_errors
@@ -25,7 +26,10 @@ def _frame(sql: str, params: tuple = (), database: Database | None = None, rollu
     with translated_errors(database.url), database.connection() as conn:
         if rollup:
             conn.execute("SELECT cache_private.try_rollup()")
-        cursor = conn.execute(sql, params)
+        cursor = conn.cursor()
+        # Percentages and averages arrive as numeric; charts and tables want floats.
+        cursor.adapters.register_loader("numeric", FloatLoader)
+        cursor.execute(sql, params)
         columns = [c.name for c in cursor.description]
         return pd.DataFrame(cursor.fetchall(), columns=columns)
 

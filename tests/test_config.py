@@ -1,0 +1,78 @@
+"""Settings: every documented form parses, every bad value fails naming the variable."""
+
+from datetime import timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cachelib.config import SETTINGS, Duration, Settings
+from cachelib.errors import ConfigError
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("2d", 172800),
+                                          (" 10M ", 600), ("1d2h3m4s", 93784)])
+def test_duration_accepts_the_documented_forms(text, seconds):
+    assert Duration.parse(text).seconds == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "", "m", "5", "-5m", "0s", "5m5m", "30m1h", "1.5h", "5 m", "400d", "1h 30m"])
+def test_duration_rejects_anything_else(text):
+    with pytest.raises(ConfigError) as err:
+        Duration.parse(text, setting="CACHE_DEFAULT_DURATION")
+    assert "CACHE_DEFAULT_DURATION" in str(err.value)
+    assert "90s, 5m, 1h, 1h30m, 2d" in str(err.value) or "year" in str(err.value)
+
+
+@given(st.text(max_size=12))
+def test_duration_either_parses_or_says_why(text):
+    try:
+        parsed = Duration.parse(text, setting="X")
+    except ConfigError as exc:
+        assert str(exc).startswith("X=")
+    else:
+        assert 0 < parsed.seconds <= 366 * 86400
+
+
+def test_defaults_are_the_guides():
+    settings = Settings.from_env({})
+    assert settings.expert_sessions_duration.seconds == 300
+    assert settings.analytics_duration.seconds == 900
+    assert settings.default_duration.seconds == 600
+    assert settings.cache_enabled is True
+    assert (settings.targets.week1_sessions, settings.targets.week1_analytics) == (50, 70)
+    assert (settings.targets.month1_sessions, settings.targets.month1_analytics) == (70, 85)
+    assert settings.targets.load_reduction == 40
+    assert settings.duration_for("expert_sessions").text == "5m"
+    assert settings.duration_for("product_performance").text == "15m"
+    assert settings.duration_for("anything_else").text == "10m"
+    assert all(source == "default" for source in settings.sources.values())
+
+
+def test_environment_overrides_and_sources():
+    settings = Settings.from_env({"CACHE_EXPERT_SESSIONS_DURATION": "1h30m", "CACHE_ENABLED": "false",
+                                  "CACHE_DEPLOYED_AT": "2026-10-01", "CACHE_TARGET_MONTH1_ANALYTICS": "90%"})
+    assert settings.expert_sessions_duration.seconds == 5400
+    assert settings.cache_enabled is False
+    assert settings.deployed_at.tzinfo == timezone.utc and settings.deployed_at.day == 1
+    assert settings.targets.month1_analytics == 90
+    assert settings.sources["CACHE_EXPERT_SESSIONS_DURATION"] == "environment"
+
+
+@pytest.mark.parametrize("name,value", [
+    ("CACHE_ANALYTICS_DURATION", "15 minutes"), ("CACHE_ENABLED", "maybe"), ("CACHE_DEPLOYED_AT", "yesterday"),
+    ("CACHE_TARGET_WEEK1_SESSIONS", "150"), ("CACHE_TARGET_LOAD_REDUCTION", "lots"), ("CACHE_POOL_SIZE", "0"),
+    ("DATABASE_URL", "mysql://x"), ("DASHBOARD_REFRESH_SECONDS", "1"), ("CACHE_STATEMENT_TIMEOUT", "0s"),
+])
+def test_each_bad_value_names_the_variable_and_the_value(name, value):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({name: value})
+    assert name in str(err.value)
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from cachelib.config import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"settings missing from README's configuration table: {missing}"

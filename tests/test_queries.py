@@ -1,0 +1,114 @@
+"""The data layer: documented columns, validation at the edge, targets against the movable clock."""
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import psycopg
+import pytest
+
+from cachelib import queries
+from cachelib.config import Settings
+from cachelib.db import Database
+from cachelib.errors import InvalidInput
+from cachelib.manager import CacheManager
+
+COLUMNS = {
+    "overview": ["cache_name", "entries", "live_entries", "expired_entries", "entries_with_hits", "avg_hits",
+                 "total_bytes", "hit_rate_today", "hit_rate_7d", "hit_rate_30d", "load_reduction_30d", "calls_30d",
+                 "fallbacks_7d", "last_cleanup_at"],
+    "guide_overview": ["total_entries", "hit_entries", "avg_hits", "expired_entries"],
+    "top_entries": ["cache_key", "cache_name", "hit_count", "size_bytes", "created_at", "expires_at", "age_seconds",
+                    "expires_in_seconds", "compute_ms", "time_saved_ms", "last_hit_at"],
+    "hit_rate_series": ["bucket", "cache_name", "hits", "misses", "fallbacks", "hit_rate", "avg_hit_ms",
+                        "avg_miss_ms"],
+    "load_reduction_series": ["bucket", "compute_ms_spent", "compute_ms_saved", "load_reduction"],
+    "cleanup_log": ["id", "cleanup_time", "entries_removed", "entries_evicted", "never_hit_removed", "bytes_freed",
+                    "duration_ms", "triggered_by", "details"],
+    "cleanup_stats": ["day", "cleanups", "entries_removed", "entries_evicted", "never_hit_removed", "bytes_freed",
+                      "avg_duration_ms"],
+    "health": ["check_name", "value", "status", "recommendation"],
+    "size_distribution": ["size_class", "lower_bytes", "entries", "total_bytes"],
+    "fallback_usage": ["day", "cache_name", "fallbacks", "calls"],
+    "fallback_reasons": ["cache_name", "reason", "occurrences", "last_at"],
+    "audit_log": ["at", "actor", "actor_role", "action", "parameters", "outcome", "result", "duration_ms"],
+}
+
+
+@pytest.fixture(scope="module")
+def database(db_url):
+    database = Database(db_url)
+    manager = CacheManager(database)
+    for _ in range(3):
+        manager.expert_sessions()
+        manager.product_performance(1)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SELECT cleanup_expired_cache()")
+    return database
+
+
+@pytest.mark.parametrize("name", sorted(COLUMNS))
+def test_each_function_returns_its_documented_columns(database, name):
+    frame = getattr(queries, name)(database=database)
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == COLUMNS[name]
+
+
+def test_values_reflect_the_traffic(database):
+    overview = queries.overview(database).set_index("cache_name")
+    assert overview.loc["expert_sessions", "entries"] == 1
+    assert overview.loc["expert_sessions", "hit_rate_today"] == pytest.approx(66.67)
+    guide = queries.guide_overview(database).iloc[0]
+    assert guide.total_entries == 2 and guide.hit_entries == 2 and float(guide.avg_hits) == 2.0
+    top = queries.top_entries(10, "saved", database=database)
+    assert set(top.cache_key) == {"expert_sessions:all", "product_performance:1"}
+    assert (top.time_saved_ms == top.hit_count * top.compute_ms).all()
+    series = queries.hit_rate_series(1, "hour", database=database)
+    assert series.hits.sum() == 4 and series.misses.sum() == 2
+    assert queries.cleanup_log(5, database).iloc[0].entries_removed >= 0
+
+
+def test_search_is_literal_not_a_pattern(database):
+    assert queries.top_entries(search="%", database=database).empty
+    assert queries.top_entries(search="_", database=database).cache_key.tolist()  # keys contain "_"
+    assert queries.top_entries(search="ALL", database=database).cache_key.tolist() == ["expert_sessions:all"]
+    assert queries.top_entries(search="'; DROP TABLE query_cache; --", database=database).empty
+
+
+@pytest.mark.parametrize("call", [
+    lambda db: queries.top_entries(0, database=db),
+    lambda db: queries.top_entries(order_by="random()", database=db),
+    lambda db: queries.top_entries(cache="nope", database=db),
+    lambda db: queries.hit_rate_series(0, database=db),
+    lambda db: queries.hit_rate_series(7, "minute", database=db),
+    lambda db: queries.load_reduction_series(4000, database=db),
+    lambda db: queries.cleanup_stats(-1, database=db),
+    lambda db: queries.fallback_usage(0, database=db),
+    lambda db: queries.cleanup_log(0, database=db),
+    lambda db: queries.audit_log(10**6, database=db),
+])
+def test_bad_parameters_raise_invalid_input(database, call):
+    with pytest.raises(InvalidInput):
+        call(database)
+
+
+def test_target_status_over_the_windows(db_url):
+    database = Database(db_url)
+    deployed = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    config = Settings.from_env({"CACHE_DEPLOYED_AT": deployed.isoformat()})
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # Day 2: sessions 3 of 4 hit (75%); analytics 1 of 2 (50%). Day 10: both all hits.
+        conn.execute("""INSERT INTO cache_private.cache_stats_hourly
+                        (cache_name, bucket, hits, misses, compute_ms_spent, compute_ms_saved) VALUES
+                        ('expert_sessions', '2026-01-02 10:00+00', 3, 1, 10, 30),
+                        ('product_performance', '2026-01-02 10:00+00', 1, 1, 10, 10),
+                        ('expert_sessions', '2026-01-10 10:00+00', 9, 0, 0, 90),
+                        ('product_performance', '2026-01-10 10:00+00', 9, 0, 0, 90)""")
+    during_week1 = queries.target_status(deployed + timedelta(days=3), database, config)
+    assert list(during_week1.state) == ["in progress", "in progress", "not started", "not started", "not started"]
+    after_month1 = queries.target_status(deployed + timedelta(days=40), database, config).set_index(
+        ["milestone", "cache_name"])
+    assert after_month1.loc[("Week 1", "expert_sessions"), "measured"] == 75.0
+    assert after_month1.loc[("Week 1", "expert_sessions"), "state"] == "met"
+    assert after_month1.loc[("Week 1", "product_performance"), "state"] == "missed"
+    assert after_month1.loc[("Month 1", "product_performance"), "state"] == "met"
+    assert after_month1.loc[("Month 1", "all caches"), "measured"] == 100.0
