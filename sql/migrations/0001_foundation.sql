@@ -43,7 +43,8 @@ $$;
 
 -- The one clock. Tests and the demo traffic generator move it per session with
 -- SET cachelib.now = '2026-01-01 10:00+00'; everything else uses real time.
+-- No SET clause, so it can be inlined on the hit path; its names are qualified.
 CREATE FUNCTION cache_private.cache_now() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = '' AS $$
+LANGUAGE sql STABLE AS $$
   SELECT COALESCE(NULLIF(pg_catalog.current_setting('cachelib.now', true), '')::timestamptz, pg_catalog.now())
 $$;

@@ -56,36 +56,65 @@ BEGIN
 END
 $$;
 
+-- The hit path is written out inline (one statement to read, one to count) and
+-- this function carries no SET clause: a hit is the hot path, and every nested
+-- call or GUC swap costs microseconds per call. It is only ever called from the
+-- SECURITY DEFINER wrappers below, which pin search_path; every name here is
+-- schema-qualified anyway.
 CREATE FUNCTION cache_private.get_or_compute(
   p_cache_name text, p_cache_key text, p_cache_duration interval, p_compute_sql text
 ) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   v_started timestamptz := pg_catalog.clock_timestamp();
   v_now timestamptz := cache_private.cache_now();
+  v_data jsonb;
+  v_compute_ms double precision;
+BEGIN
+  IF p_cache_duration IS NULL OR p_cache_duration <= interval '0' OR p_cache_duration > interval '366 days' THEN
+    PERFORM cache_private.check_duration(p_cache_duration);  -- raises the precise error
+  END IF;
+
+  SELECT c.data, c.compute_ms INTO v_data, v_compute_ms
+  FROM public.query_cache c
+  WHERE c.cache_key = p_cache_key
+    AND c.data IS NOT NULL
+    AND c.expires_at > v_now
+    AND c.created_at > v_now - p_cache_duration;  -- honour a caller asking for fresher data than stored
+  IF v_data IS NOT NULL THEN
+    INSERT INTO cache_private.cache_events (event_at, cache_name, cache_key, kind, elapsed_ms, compute_ms)
+    VALUES (v_now, p_cache_name, p_cache_key, 'hit',
+            EXTRACT(epoch FROM pg_catalog.clock_timestamp() - v_started) * 1000, v_compute_ms);
+    RETURN v_data;
+  END IF;
+  RETURN cache_private.compute_and_store(p_cache_name, p_cache_key, p_cache_duration, p_compute_sql, v_now,
+                                         v_started);
+END
+$$;
+
+CREATE FUNCTION cache_private.compute_and_store(
+  p_cache_name text, p_cache_key text, p_cache_duration interval, p_compute_sql text,
+  p_now timestamptz, p_started timestamptz
+) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
+DECLARE
   v_data jsonb;
   v_compute_started timestamptz;
   v_compute_ms double precision;
   v_caller_lock_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
-  PERFORM cache_private.check_duration(p_cache_duration);
-
-  v_data := cache_private.read_live(p_cache_name, p_cache_key, p_cache_duration, v_now, v_started);
-  IF v_data IS NOT NULL THEN
-    RETURN v_data;
-  END IF;
-
-  -- Miss. One computation per key at a time.
+  -- One computation per key at a time; the others wait here (bounded) and then read.
   PERFORM pg_catalog.set_config('lock_timeout', cache_private.setting('compute_lock_timeout_ms'), true);
   PERFORM pg_catalog.pg_advisory_xact_lock(726354, pg_catalog.hashtext(p_cache_key));
-  v_data := cache_private.read_live(p_cache_name, p_cache_key, p_cache_duration, v_now, v_started);
+  v_data := cache_private.read_live(p_cache_name, p_cache_key, p_cache_duration, p_now, p_started);
   IF v_data IS NOT NULL THEN
+    PERFORM pg_catalog.set_config('lock_timeout', v_caller_lock_timeout, true);
     RETURN v_data;  -- another caller computed it while we waited
   END IF;
 
   -- Claim the row: invalidations of this key now wait for our commit.
   INSERT INTO public.query_cache (cache_key, cache_name, data, expires_at, created_at)
-  VALUES (p_cache_key, p_cache_name, NULL, '-infinity', v_now)
+  VALUES (p_cache_key, p_cache_name, NULL, '-infinity', p_now)
   ON CONFLICT (cache_key) DO NOTHING;
   PERFORM 1 FROM public.query_cache WHERE cache_key = p_cache_key FOR NO KEY UPDATE;
   PERFORM pg_catalog.set_config('lock_timeout', v_caller_lock_timeout, true);
@@ -97,8 +126,8 @@ BEGIN
   UPDATE public.query_cache SET
     cache_name = p_cache_name,
     data = v_data,
-    expires_at = v_now + p_cache_duration,
-    created_at = v_now,
+    expires_at = p_now + p_cache_duration,
+    created_at = p_now,
     ttl = p_cache_duration,
     hit_count = 0,
     last_hit_at = NULL,
@@ -107,7 +136,7 @@ BEGIN
   WHERE cache_key = p_cache_key;
 
   INSERT INTO cache_private.cache_events (event_at, cache_name, cache_key, kind, elapsed_ms, compute_ms)
-  VALUES (v_now, p_cache_name, p_cache_key, 'miss', cache_private.elapsed_ms(v_started), v_compute_ms);
+  VALUES (p_now, p_cache_name, p_cache_key, 'miss', cache_private.elapsed_ms(p_started), v_compute_ms);
   RETURN v_data;
 END
 $$;
@@ -115,12 +144,14 @@ $$;
 CREATE FUNCTION public.get_expert_sessions_with_stats_cached(
   p_expert_id bigint DEFAULT NULL, p_cache_duration interval DEFAULT interval '5 minutes'
 ) RETURNS jsonb
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
-  SELECT cache_private.get_or_compute(
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
+BEGIN
+  RETURN cache_private.get_or_compute(
     'expert_sessions',
     'expert_sessions:' || COALESCE(p_expert_id::text, 'all'),
     p_cache_duration,
-    pg_catalog.format('SELECT public.get_expert_sessions_with_stats(%L::bigint)', p_expert_id))
+    pg_catalog.format('SELECT public.get_expert_sessions_with_stats(%L::bigint)', p_expert_id));
+END
 $$;
 COMMENT ON FUNCTION public.get_expert_sessions_with_stats_cached(bigint, interval) IS
   'Cached get_expert_sessions_with_stats: same jsonb, served from query_cache for p_cache_duration.';
@@ -128,12 +159,14 @@ COMMENT ON FUNCTION public.get_expert_sessions_with_stats_cached(bigint, interva
 CREATE FUNCTION public.get_product_performance_cached(
   p_product_id bigint DEFAULT NULL, p_cache_duration interval DEFAULT interval '15 minutes'
 ) RETURNS jsonb
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
-  SELECT cache_private.get_or_compute(
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
+BEGIN
+  RETURN cache_private.get_or_compute(
     'product_performance',
     'product_performance:' || COALESCE(p_product_id::text, 'all'),
     p_cache_duration,
-    pg_catalog.format('SELECT public.get_product_performance(%L::bigint)', p_product_id))
+    pg_catalog.format('SELECT public.get_product_performance(%L::bigint)', p_product_id));
+END
 $$;
 COMMENT ON FUNCTION public.get_product_performance_cached(bigint, interval) IS
   'Cached get_product_performance: same jsonb, served from query_cache for p_cache_duration.';
@@ -151,7 +184,7 @@ BEGIN
   ), hourly AS (
     INSERT INTO cache_private.cache_stats_hourly AS s
       (cache_name, bucket, hits, misses, fallbacks, hit_ms_total, miss_ms_total, compute_ms_spent, compute_ms_saved)
-    SELECT cache_name, pg_catalog.date_trunc('hour', event_at),
+    SELECT cache_name, pg_catalog.date_trunc('hour', event_at, 'UTC'),  -- UTC hours whatever the session's TimeZone
            count(*) FILTER (WHERE kind = 'hit'),
            count(*) FILTER (WHERE kind = 'miss'),
            count(*) FILTER (WHERE kind = 'fallback'),

