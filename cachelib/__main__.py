@@ -185,8 +185,11 @@ def setup_cmd():
     created = auth.ensure_credentials(settings)
     if created:
         click.secho("Dashboard logins (shown once; stored hashed in " f"{settings.auth_file}):", bold=True)
+        given = {"admin": settings.admin_password, "viewer": settings.viewer_password}
         for user, password in created:
-            click.echo(f"  {user:8s} {password}")
+            # A password the operator chose is theirs already; only generated ones are shown.
+            shown = f"(as set in DASHBOARD_{user.upper()}_PASSWORD)" if given.get(user) == password else password
+            click.echo(f"  {user:8s} {shown}")
     else:
         click.echo(f"dashboard logins: as created earlier (hashed in {settings.auth_file}); "
                    "delete that file to make new ones")
