@@ -87,6 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DASHBOARD_VIEWER_PASSWORD", None, "Password for the 'viewer' user when the credentials file is created."),
     Setting("DASHBOARD_REFRESH_SECONDS", "10", "Default live-refresh interval of dashboard metrics."),
     Setting("PORT", "8501", "Port the dashboard listens on (make run)."),
+    Setting("API_METRICS_REQUIRE_KEY", "false", "true: GET /metrics (Prometheus) needs an API key too."),
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
@@ -124,6 +125,7 @@ class Settings:
     admin_password: str | None = field(repr=False, default=None)
     viewer_password: str | None = field(repr=False, default=None)
     refresh_seconds: int = 10
+    api_metrics_require_key: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -145,7 +147,7 @@ class Settings:
                                                     setting="CACHE_EXPERT_SESSIONS_DURATION"),
             analytics_duration=Duration.parse(raw("CACHE_ANALYTICS_DURATION"), setting="CACHE_ANALYTICS_DURATION"),
             default_duration=Duration.parse(raw("CACHE_DEFAULT_DURATION"), setting="CACHE_DEFAULT_DURATION"),
-            cache_enabled=_boolean("CACHE_ENABLED", raw("CACHE_ENABLED")),
+            cache_enabled=parse_boolean("CACHE_ENABLED", raw("CACHE_ENABLED")),
             deployed_at=_timestamp("CACHE_DEPLOYED_AT", raw("CACHE_DEPLOYED_AT")),
             targets=Targets(
                 week1_sessions=_percent("CACHE_TARGET_WEEK1_SESSIONS", raw("CACHE_TARGET_WEEK1_SESSIONS")),
@@ -163,6 +165,7 @@ class Settings:
             admin_password=raw("DASHBOARD_ADMIN_PASSWORD"),
             viewer_password=raw("DASHBOARD_VIEWER_PASSWORD"),
             refresh_seconds=_integer("DASHBOARD_REFRESH_SECONDS", raw("DASHBOARD_REFRESH_SECONDS"), 2, 3600),
+            api_metrics_require_key=parse_boolean("API_METRICS_REQUIRE_KEY", raw("API_METRICS_REQUIRE_KEY")),
             sources=sources,
         )
 
@@ -198,7 +201,7 @@ def _database_url(text: str | None) -> str | None:
     return text
 
 
-def _boolean(name: str, text: str) -> bool:
+def parse_boolean(name: str, text: str) -> bool:
     lowered = text.lower()
     if lowered in TRUE_WORDS:
         return True

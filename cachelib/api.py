@@ -1,0 +1,529 @@
+"""The admin HTTP API (FastAPI): metrics, maintenance, Prometheus and a health probe.
+
+Every route calls the same cachelib functions as the dashboard and the CLI
+(queries, maintenance, apikeys); there is no SQL here. Start it with
+``python -m cachelib api`` (uvicorn) and read the OpenAPI docs at /docs.
+
+Auth: ``Authorization: Bearer <key>`` (keys from ``python -m cachelib api-key
+create``). Missing, malformed, unknown or revoked key: 401. A viewer key may
+read; POST (maintenance) needs an admin key, else 403. Every use of a key is
+written to the audit log under the key's name. Clients that keep sending bad
+keys are slowed down (per client IP, doubling up to 2 s per attempt).
+
+Errors: bad input 400 (unknown action, bad cache name, missing token), bad
+types/ranges 422, wrong method 405, database down 503; any other failure a
+generic 500 without details (the details go to the server log).
+
+Settings: API_METRICS_REQUIRE_KEY (true/false, default false): whether
+GET /metrics (Prometheus) needs a key too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field
+
+from cachelib import apikeys, queries
+from cachelib.config import parse_boolean
+from cachelib.db import Database, get_database
+from cachelib.errors import CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
+from cachelib.maintenance import ACTIONS, EMERGENCY_TOKEN, SEVERITY, Actor, Maintenance, actions_for
+
+log = logging.getLogger("cachelib.api")
+
+METRICS_REQUIRE_KEY_SETTING = "API_METRICS_REQUIRE_KEY"
+ADMIN_PREFIX = "/api/admin/cache"
+
+# Which query parameters each maintenance action takes (anything else is refused with 400).
+ACTION_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "health_check": (),
+    "cleanup": (),
+    "cleanup_stats": ("days",),
+    "optimize_cache": (),
+    "invalidate": ("cache", "key"),
+    "emergency_clear": ("confirm",),
+    "prewarm": ("cache",),
+}
+ACTION_USAGE = {
+    "health_check": "action=health_check",
+    "cleanup": "action=cleanup",
+    "cleanup_stats": "action=cleanup_stats&days=7 (days 1..3650, default 7)",
+    "optimize_cache": "action=optimize_cache",
+    "invalidate": "action=invalidate&cache=NAME or action=invalidate&key=CACHE_KEY",
+    "emergency_clear": f"action=emergency_clear&confirm={EMERGENCY_TOKEN}",
+    "prewarm": "action=prewarm&cache=NAME",
+}
+assert set(ACTION_PARAMETERS) == set(ACTIONS) == set(ACTION_USAGE)
+
+
+def metrics_require_key(environ: Mapping[str, str] | None = None) -> bool:
+    """API_METRICS_REQUIRE_KEY (default false); ConfigError for anything but a yes/no word."""
+    env = os.environ if environ is None else environ
+    return parse_boolean(METRICS_REQUIRE_KEY_SETTING, (env.get(METRICS_REQUIRE_KEY_SETTING) or "false").strip()
+                         or "false")
+
+
+# --- slowing down key guessing -----------------------------------------------
+
+
+@dataclass
+class FailureThrottle:
+    """Per-client-IP count of failed authentications; each failure beyond ``free_failures``
+    waits twice as long as the one before (``base_delay``, ... up to ``max_delay`` seconds).
+    A client's count is forgotten ``forget_after`` seconds after its last failure, or at
+    once when it authenticates successfully. At most ``max_clients`` IPs are remembered."""
+
+    base_delay: float = 0.1
+    max_delay: float = 2.0
+    free_failures: int = 2
+    forget_after: float = 900.0
+    max_clients: int = 10_000
+
+    def __post_init__(self):
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def failures(self, client: str) -> int:
+        count, last = self._failures.get(client, (0, 0.0))
+        return count if time.monotonic() - last < self.forget_after else 0
+
+    def delay_for(self, failures: int) -> float:
+        excess = failures - self.free_failures
+        if excess <= 0 or self.base_delay <= 0:
+            return 0.0
+        return min(self.max_delay, self.base_delay * 2 ** min(excess - 1, 30))
+
+    async def failed(self, client: str) -> float:
+        """Count one failure and wait as long as the count asks for; returns the wait."""
+        count = self.failures(client) + 1
+        self._failures[client] = (count, time.monotonic())
+        self._failures.move_to_end(client)
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+        delay = self.delay_for(count)
+        if delay:
+            await asyncio.sleep(delay)
+        return delay
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+# --- response bodies (for the OpenAPI document) -------------------------------
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What went wrong, for the person who has to act on it.")
+
+
+class HealthBody(BaseModel):
+    status: str = Field(description="ok or unavailable")
+    database: str = Field(description="reachable or unreachable")
+    latency_ms: float | None = Field(None, description="Round trip to the database")
+    detail: str | None = None
+
+
+class ActionResultBody(BaseModel):
+    action: str
+    ok: bool
+    message: str
+    details: dict[str, Any]
+    duration_ms: float
+
+
+class CallerBody(BaseModel):
+    name: str
+    role: str
+
+
+class HealthSummaryBody(BaseModel):
+    overall: str = Field(description="Worst status of all checks: ok, warning or critical")
+    counts: dict[str, int]
+    checks: list[dict[str, Any]]
+
+
+class MaintenanceBody(BaseModel):
+    generated_at: str
+    caller: CallerBody
+    last_cleanup: dict[str, Any] | None = Field(description="Newest cleanup log row; null when none ran yet")
+    health: HealthSummaryBody
+    actions: list[str] = Field(description="Maintenance actions this caller may POST")
+    action_usage: dict[str, str] = Field(description="Query string of each action available to the caller")
+
+
+class MetricsBody(BaseModel):
+    generated_at: str
+    deployment: dict[str, Any]
+    caches: list[dict[str, Any]] = Field(description="queries.overview(): one row per cache")
+    hit_rates: dict[str, dict[str, float | None]] = Field(description="Per cache: hit rate % today, 7d, 30d")
+    load_reduction: dict[str, Any] = Field(description="Share of query time avoided (%), overall and per cache")
+    fallbacks: dict[str, Any] = Field(description="Fallbacks to the direct queries, per cache and per day")
+    targets: list[dict[str, Any]] = Field(description="Week 1 / Month 1 targets and their state")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {400: "Bad input", 401: "Missing, malformed, unknown or revoked API key",
+               403: "The key's role may not do this", 503: "The database is unavailable",
+               500: "Internal error (no details are sent)"}
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+
+# --- JSON from DataFrames --------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy: Decimal to float, times to ISO text, NaN/NaT/NA to null."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Decimal):
+        value = float(value)
+    if isinstance(value, (datetime, date)):
+        return None if pd.isna(value) else value.isoformat()
+    if isinstance(value, pd.Timedelta):
+        return None if pd.isna(value) else value.total_seconds()
+    if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int):
+        return value
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [_plain(row) for row in frame.to_dict(orient="records")]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# --- what the routes return --------------------------------------------------------
+
+
+def metrics_report(database: Database) -> dict[str, Any]:
+    """Overview per cache, hit rates (today/7d/30d), load reduction, fallbacks, targets."""
+    caches = _records(queries.overview(database))
+    hit_rates = {c["cache_name"]: {"today": c["hit_rate_today"], "7d": c["hit_rate_7d"], "30d": c["hit_rate_30d"]}
+                 for c in caches}
+    series = queries.load_reduction_series(30, "day", database)
+    saved = float(series["compute_ms_saved"].sum()) if not series.empty else 0.0
+    spent = float(series["compute_ms_spent"].sum()) if not series.empty else 0.0
+    overall = round(100.0 * saved / (saved + spent), 2) if saved + spent > 0 else None
+    info = queries.deployment(database)
+    return {
+        "generated_at": _now_iso(),
+        "deployment": _plain({"deployed_at": info.deployed_at, "source": info.source, "demo_data": info.demo_data,
+                              "database_now": info.now}),
+        "caches": caches,
+        "hit_rates": hit_rates,
+        "load_reduction": {
+            "overall_30d": overall,
+            "compute_ms_saved_30d": round(saved, 2),
+            "compute_ms_spent_30d": round(spent, 2),
+            "per_cache_30d": {c["cache_name"]: c["load_reduction_30d"] for c in caches},
+        },
+        "fallbacks": {
+            "per_cache_7d": {c["cache_name"]: c["fallbacks_7d"] for c in caches},
+            "by_day_7d": _records(queries.fallback_usage(7, database)),
+        },
+        "targets": _records(queries.target_status(database=database)),
+    }
+
+
+def maintenance_report(database: Database, actor: Actor) -> dict[str, Any]:
+    """Last cleanup, health summary and the actions available to ``actor``."""
+    last = _records(queries.cleanup_log(1, database))
+    checks = _records(queries.health(database))
+    statuses = [c.get("status") for c in checks]
+    overall = max(statuses, key=lambda s: SEVERITY.get(s, 0), default="ok")
+    allowed = actions_for(actor)
+    return {
+        "generated_at": _now_iso(),
+        "caller": {"name": actor.name, "role": actor.role},
+        "last_cleanup": last[0] if last else None,
+        "health": {"overall": overall, "counts": {s: statuses.count(s) for s in ("ok", "warning", "critical")},
+                   "checks": checks},
+        "actions": allowed,
+        "action_usage": {a: ACTION_USAGE[a] for a in allowed},
+    }
+
+
+def run_action(database: Database, actor: Actor, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate one POSTed maintenance action and run it through Maintenance."""
+    if action not in ACTIONS:
+        raise InvalidInput(f"unknown action {action!r}; valid actions: {', '.join(ACTIONS)}")
+    given = {name: value for name, value in params.items() if value is not None}
+    for name, value in given.items():
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise InvalidInput(f"{name} must not contain NUL characters")
+    if action not in actions_for(actor):
+        shown = {name: value[:200] if isinstance(value, str) else value for name, value in given.items()}
+        apikeys.audit(actor, action, shown, "refused", {"reason": f"role {actor.role} may not run maintenance"},
+                      database=database)
+        raise PermissionDenied(f"{actor.name} ({actor.role}) may not run {action}: maintenance needs an admin key")
+    extra = sorted(set(given) - set(ACTION_PARAMETERS[action]))
+    if extra:
+        raise InvalidInput(f"{action} does not take {', '.join(extra)}; usage: {ACTION_USAGE[action]}")
+    maintenance = Maintenance(database)
+    if action == "health_check":
+        result = maintenance.health_check(actor)
+    elif action == "cleanup":
+        result = maintenance.cleanup(actor)
+    elif action == "cleanup_stats":
+        result = maintenance.cleanup_stats(actor, given.get("days", 7))
+    elif action == "optimize_cache":
+        result = maintenance.optimize(actor)
+    elif action == "invalidate":
+        result = maintenance.invalidate(actor, cache=given.get("cache"), key=given.get("key"))
+    elif action == "emergency_clear":
+        result = maintenance.emergency_clear(actor, given.get("confirm"))
+    else:  # prewarm
+        if "cache" not in given:
+            raise InvalidInput(f"prewarm needs a cache; usage: {ACTION_USAGE['prewarm']}")
+        result = maintenance.prewarm(actor, given["cache"])
+    return result.to_dict()
+
+
+# --- Prometheus ----------------------------------------------------------------------
+
+
+class CacheCollector(Collector):
+    """Reads the cache's state from the database at every scrape."""
+
+    def __init__(self, database_getter):
+        self._database = database_getter
+
+    def describe(self):
+        return []  # nothing is read when the collector is registered
+
+    def collect(self):
+        database = self._database()
+        overview = _records(queries.overview(database))
+        totals = queries.hit_rate_series(3650, "week", None, database)
+        by_cache = (totals.groupby("cache_name")[["hits", "misses", "fallbacks"]].sum()
+                    if not totals.empty else pd.DataFrame(columns=["hits", "misses", "fallbacks"]))
+
+        def gauge(name, doc, labels=("cache",)):
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        entries = gauge("pgcache_entries", "Cache entries holding data (live and expired).")
+        live = gauge("pgcache_live_entries", "Cache entries not yet expired.")
+        expired = gauge("pgcache_expired_entries", "Expired entries waiting for cleanup.")
+        size = gauge("pgcache_bytes", "Bytes of cached data.")
+        ratio = gauge("pgcache_hit_ratio", "Hit ratio (0..1) over a window: today (UTC), 7d or 30d.",
+                      ("cache", "window"))
+        load = gauge("pgcache_load_reduction_ratio", "Share (0..1) of query time avoided over the last 30 days.")
+        fallbacks_7d = gauge("pgcache_fallbacks_7d", "Fallbacks to the direct query in the last 7 days.")
+        hits = CounterMetricFamily("pgcache_hits", "Cache hits over the kept statistics history.", labels=["cache"])
+        misses = CounterMetricFamily("pgcache_misses", "Cache misses over the kept statistics history.",
+                                     labels=["cache"])
+        fallbacks = CounterMetricFamily("pgcache_fallbacks", "Fallbacks to the direct query over the kept "
+                                        "statistics history.", labels=["cache"])
+        for row in overview:
+            name = row["cache_name"]
+            entries.add_metric([name], row["entries"] or 0)
+            live.add_metric([name], row["live_entries"] or 0)
+            expired.add_metric([name], row["expired_entries"] or 0)
+            size.add_metric([name], row["total_bytes"] or 0)
+            fallbacks_7d.add_metric([name], row["fallbacks_7d"] or 0)
+            for window, column in (("today", "hit_rate_today"), ("7d", "hit_rate_7d"), ("30d", "hit_rate_30d")):
+                if row[column] is not None:
+                    ratio.add_metric([name, window], row[column] / 100.0)
+            if row["load_reduction_30d"] is not None:
+                load.add_metric([name], row["load_reduction_30d"] / 100.0)
+            counts = by_cache.loc[name] if name in by_cache.index else None
+            hits.add_metric([name], float(counts["hits"]) if counts is not None else 0.0)
+            misses.add_metric([name], float(counts["misses"]) if counts is not None else 0.0)
+            fallbacks.add_metric([name], float(counts["fallbacks"]) if counts is not None else 0.0)
+        yield from (entries, live, expired, size, hits, misses, ratio, load, fallbacks, fallbacks_7d)
+
+        cleanups = [row["last_cleanup_at"] for row in overview if row.get("last_cleanup_at")]
+        since = GaugeMetricFamily("pgcache_seconds_since_last_cleanup",
+                                  "Seconds since the last cleanup (absent when none ever ran).")
+        if cleanups:
+            last = max(datetime.fromisoformat(text) for text in cleanups)
+            since.add_metric([], max(0.0, (datetime.now(UTC) - last).total_seconds()))
+        yield since
+
+
+# --- the application -------------------------------------------------------------------
+
+bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey", bearerFormat="pgc_<prefix>_<secret>",
+                    description="An API key from `python -m cachelib api-key create --name NAME --role admin|viewer`.")
+
+
+def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
+    challenge = f'Bearer error="{error}"' if error else "Bearer"
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})
+
+
+def _short_reason(exc: DatabaseUnavailable) -> str:
+    """'database unavailable: Connection refused', without hosts, users or paths."""
+    text = str(exc)
+    if text.startswith("cannot reach the database at ") and ": " in text:
+        reason = text.rsplit(": ", 1)[-1].strip()[:120]
+        return f"database unavailable: {reason}" if reason else "database unavailable"
+    return "database unavailable"
+
+
+def create_app(database: Database | None = None, *, metrics_key_required: bool | None = None,
+               throttle: FailureThrottle | None = None) -> FastAPI:
+    """The API. ``database`` defaults to the configured one (looked up at the first request);
+    ``metrics_key_required`` to API_METRICS_REQUIRE_KEY; ``throttle`` to FailureThrottle()."""
+    require_key = metrics_require_key() if metrics_key_required is None else metrics_key_required
+    throttle = throttle or FailureThrottle()
+    app = FastAPI(
+        title="pgcache-admin API",
+        version="1.0.0",
+        description="Metrics and maintenance of the PostgreSQL query cache. Admin routes need "
+                    "`Authorization: Bearer <key>`; POST needs an admin key.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.database = database
+    app.state.throttle = throttle
+    app.state.metrics_key_required = require_key
+
+    def current_database() -> Database:
+        if app.state.database is None:
+            app.state.database = get_database()
+        return app.state.database
+
+    async def authenticated(request: Request, _credentials=Security(bearer)) -> Actor:
+        header = request.headers.get("authorization")
+        if header is None:
+            raise _unauthorized("missing API key: send the header Authorization: Bearer <key>")
+        client = request.client.host if request.client else "unknown"
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+            await throttle.failed(client)
+            raise _unauthorized("malformed Authorization header: expected 'Bearer <key>'", "invalid_request")
+        database = await run_in_threadpool(current_database)
+        actor = await run_in_threadpool(apikeys.authenticate, token, database)
+        if actor is None:
+            await throttle.failed(client)
+            raise _unauthorized("unknown or revoked API key", "invalid_token")
+        throttle.succeeded(client)
+        return actor
+
+    async def metrics_guard(request: Request, _credentials=Security(bearer)) -> Actor | None:
+        if not require_key:
+            return None
+        return await authenticated(request, _credentials)
+
+    # --- errors: never a stack trace, never a 500 for what a client sent -----------
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_request: Request, exc: InvalidInput):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(PermissionDenied)
+    async def _denied(_request: Request, exc: PermissionDenied):
+        return JSONResponse({"detail": str(exc)}, status_code=403)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _unavailable(_request: Request, exc: DatabaseUnavailable):
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse({"detail": _short_reason(exc)}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(CacheError)
+    async def _server_problem(request: Request, exc: CacheError):
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"detail": "internal server error; the cause is in the server log"}, status_code=500)
+
+    @app.exception_handler(Exception)
+    async def _last_resort(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    # --- routes ----------------------------------------------------------------------
+
+    @app.get(f"{ADMIN_PREFIX}/metrics", response_model=MetricsBody, tags=["admin"],
+             summary="Cache metrics: overview, hit rates, load reduction, fallbacks, targets",
+             responses=_errors(401, 503, 500))
+    def get_metrics(actor: Actor = Depends(authenticated)):
+        database = current_database()
+        report = metrics_report(database)
+        apikeys.audit(actor, "api_get_metrics", {"route": f"GET {ADMIN_PREFIX}/metrics"}, "ok",
+                      {"caches": len(report["caches"])}, database=database)
+        return report
+
+    @app.get(f"{ADMIN_PREFIX}/maintenance", response_model=MaintenanceBody, tags=["admin"],
+             summary="Last cleanup, health summary and the actions available to the caller",
+             responses=_errors(401, 503, 500))
+    def get_maintenance(actor: Actor = Depends(authenticated)):
+        database = current_database()
+        report = maintenance_report(database, actor)
+        apikeys.audit(actor, "api_get_maintenance", {"route": f"GET {ADMIN_PREFIX}/maintenance"}, "ok",
+                      {"health": report["health"]["overall"]}, database=database)
+        return report
+
+    @app.post(f"{ADMIN_PREFIX}/maintenance", response_model=ActionResultBody, tags=["admin"],
+              summary="Run one maintenance action (admin key)",
+              description="Actions and their parameters:\n\n" + "\n".join(f"- `{u}`" for u in ACTION_USAGE.values()),
+              responses=_errors(400, 401, 403, 503, 500))
+    def post_maintenance(
+        actor: Actor = Depends(authenticated),
+        action: str = Query(description="One of: " + ", ".join(ACTIONS), examples=list(ACTIONS)),
+        days: int | None = Query(None, ge=1, le=3650, description="cleanup_stats: days to summarize (default 7)"),
+        cache: str | None = Query(None, description="invalidate / prewarm: the cache name"),
+        key: str | None = Query(None, description="invalidate: one cache key"),
+        confirm: str | None = Query(None, description=f"emergency_clear: must be exactly {EMERGENCY_TOKEN}"),
+    ):
+        params = {"days": days, "cache": cache, "key": key, "confirm": confirm}
+        return run_action(current_database(), actor, action, params)
+
+    @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics",
+             description=f"Prometheus text format. Needs a key when {METRICS_REQUIRE_KEY_SETTING}=true.",
+             response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus exposition"}, **_errors(401, 503, 500)})
+    def prometheus_metrics(_actor: Actor | None = Depends(metrics_guard)):
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(CacheCollector(current_database))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", response_model=HealthBody, tags=["monitoring"], summary="Liveness and database reachability",
+             responses={503: {"model": HealthBody, "description": "The database is unreachable"}})
+    def healthz():
+        try:
+            latency = apikeys.ping(current_database())
+        except DatabaseUnavailable as exc:
+            return JSONResponse({"status": "unavailable", "database": "unreachable", "latency_ms": None,
+                                 "detail": _short_reason(exc)}, status_code=503)
+        except CacheError as exc:
+            log.error("health check failed: %s", exc)
+            return JSONResponse({"status": "unavailable", "database": "unreachable", "latency_ms": None,
+                                 "detail": "server misconfigured; the cause is in the server log"}, status_code=503)
+        return {"status": "ok", "database": "reachable", "latency_ms": latency, "detail": None}
+
+    return app
