@@ -178,6 +178,8 @@ def target_status(as_of: datetime | None = None, database: Database | None = Non
 def _window_totals(start: datetime, end: datetime, database: Database) -> pd.DataFrame:
     if end <= start:
         return pd.DataFrame()
+    # Statistics are kept per hour: the hour in which the window starts belongs to it.
+    start = start.replace(minute=0, second=0, microsecond=0)
     return _frame("SELECT * FROM cache_private.window_stats(%s, %s)", (start, end), database, rollup=True)
 
 
