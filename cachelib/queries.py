@@ -135,8 +135,8 @@ def deployment(database: Database | None = None, config: Settings | None = None)
     row = frame.iloc[0]
     if config.deployed_at is not None:
         return Deployment(config.deployed_at, "CACHE_DEPLOYED_AT", bool(row.demo_data), row.now.to_pydatetime())
-    return Deployment(row.deployed_at.to_pydatetime(), "first migration", bool(row.demo_data),
-                      row.now.to_pydatetime())
+    source = "start of the demo traffic replay" if row.demo_data else "first migration"
+    return Deployment(row.deployed_at.to_pydatetime(), source, bool(row.demo_data), row.now.to_pydatetime())
 
 
 # Week 1 is the first seven days after deployment; Month 1 is days 8 to 30, the
