@@ -162,26 +162,23 @@ def demo_traffic(days: int):
 # --- one-step setup and serving (make run) --------------------------------------
 
 @cli.command("setup")
+@click.option("--demo/--no-demo", default=None,
+              help="Load demo data and replay demo traffic. Default: yes on the embedded server, "
+                   "no with DATABASE_URL (your own database is never filled with demo rows unless asked).")
 @friendly_errors
-def setup_cmd():
+def setup_cmd(demo: bool | None):
     """Everything make run needs: database, migrations, demo data and traffic, dashboard logins."""
-    from cachelib import auth, demo, migrate
-    from cachelib.maintenance import Actor, Maintenance
+    from cachelib import auth, migrate
 
     settings = config.settings()
     url = db.database_url(settings)
     where = db.describe_url(url) if settings.database_url else f"embedded PostgreSQL in {settings.data_dir}"
     click.echo(f"database: {where}")
     click.echo(migrate.apply(url).describe())
-    if not demo.has_data(url):
-        counts = demo.load(url, "small", progress=_progress_bar)
-        click.echo("demo data: " + ", ".join(f"{n:,} {table}" for table, n in counts.items()))
-    if not demo.has_traffic(url):
-        report = demo.traffic(url, 35, progress=_progress_bar)
-        click.echo(f"demo traffic: {report.calls:,} calls over 35 days in {report.seconds:.1f} s")
-        setup_actor = Actor("setup", "admin", "cli")
-        for cache in ("expert_sessions", "product_performance"):
-            Maintenance(db.get_database(url)).prewarm(setup_actor, cache)
+    if demo if demo is not None else not settings.database_url:
+        _setup_demo(url)
+    else:
+        click.echo("demo data: skipped (DATABASE_URL is set; pass --demo to load it there)")
     created = auth.ensure_credentials(settings)
     if created:
         click.secho("Dashboard logins (shown once; stored hashed in " f"{settings.auth_file}):", bold=True)
@@ -193,6 +190,25 @@ def setup_cmd():
     else:
         click.echo(f"dashboard logins: as created earlier (hashed in {settings.auth_file}); "
                    "delete that file to make new ones")
+
+
+def _setup_demo(url: str) -> None:
+    """Demo rows when the demo tables are empty, then demo traffic once, over those rows only."""
+    from cachelib import demo
+    from cachelib.maintenance import Actor, Maintenance
+
+    loaded_now = False
+    if not demo.has_data(url):
+        counts = demo.load(url, "small", progress=_progress_bar)
+        click.echo("demo data: " + ", ".join(f"{n:,} {table}" for table, n in counts.items()))
+        loaded_now = True
+    # The replay writes a few rows to the source tables: only ever over demo rows.
+    if loaded_now or (demo.is_demo(url) and not demo.has_traffic(url)):
+        report = demo.traffic(url, 35, progress=_progress_bar)
+        click.echo(f"demo traffic: {report.calls:,} calls over 35 days in {report.seconds:.1f} s")
+        setup_actor = Actor("setup", "admin", "cli")
+        for cache in ("expert_sessions", "product_performance"):
+            Maintenance(db.get_database(url)).prewarm(setup_actor, cache)
 
 
 @cli.command("serve")
@@ -357,6 +373,132 @@ def config_cmd():
         value = os.environ.get(setting.name) or setting.default
         shown = "(set)" if secret and os.environ.get(setting.name) else (value if value is not None else "(unset)")
         click.echo(f"{setting.name:32s} {shown!s:24s} {settings.sources[setting.name]:11s} {setting.meaning}")
+
+
+# --- deployment verification, schedule, candidates (verify.py, schedule.py, candidates.py) ---
+
+@cli.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--allow-writes", is_flag=True,
+              help="Also run a cleanup (deletes expired entries, logged) and check that it is logged.")
+@click.option("--api", "api_url", metavar="URL", help="Admin API base URL to check, e.g. http://127.0.0.1:8000.")
+@click.option("--api-key", metavar="KEY", help="An API key (viewer is enough) for --api.")
+@click.option("--dashboard", "dashboard_url", metavar="URL", help="Dashboard URL to check, e.g. http://localhost:8501.")
+@friendly_errors
+def verify_cmd(as_json: bool, allow_writes: bool, api_url: str | None, api_key: str | None,
+               dashboard_url: str | None):
+    """Check the deployment: settings, schema, grants, triggers, cache calls, cleanup schedule, API, dashboard.
+
+    One line per check with the fix for each failure; exits 0 only when every required check passes.
+    """
+    from cachelib import verify
+
+    if api_key and not api_url:
+        raise click.UsageError("--api-key needs --api URL")
+    checks = verify.run_checks(db.database_url(), allow_writes=allow_writes, api_url=api_url, api_key=api_key,
+                               dashboard_url=dashboard_url, config=config.settings())
+    ok = verify.all_required_pass(checks)
+    if as_json:
+        emit({"ok": ok, "summary": verify.summary(checks), "checks": [c.to_dict() for c in checks]}, True)
+    else:
+        for check in checks:
+            click.echo(check.line())
+        click.secho(verify.summary(checks), fg="green" if ok else "red", bold=True)
+    if not ok:
+        sys.exit(1)
+
+
+@cli.group("schedule")
+def schedule_group():
+    """Scheduled cleanup and statistics roll-up with pg_cron (or the crontab line without it)."""
+
+
+def _schedule_or_usage(func, *args):
+    from cachelib.errors import InvalidInput
+
+    try:
+        return func(*args)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--every / --rollup-every") from None
+
+
+@schedule_group.command("install")
+@click.option("--every", default="hourly", show_default=True,
+              help="Cleanup schedule: hourly, daily, 15m, 2h, 30s (pg_cron 1.5+) or a cron expression.")
+@click.option("--rollup-every", default="5m", show_default=True, help="Statistics roll-up schedule, same forms.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def schedule_install(every: str, rollup_every: str, as_json: bool):
+    """Schedule cleanup_expired_cache() and the statistics roll-up with pg_cron; exits 1 without pg_cron."""
+    from cachelib import schedule
+
+    result = _schedule_or_usage(schedule.install, db.database_url(), every, rollup_every)
+    if as_json:
+        emit(result.to_dict(), True)
+    elif result.installed:
+        click.echo(result.message)
+        for job in result.jobs:
+            click.echo(f"  {job.describe()}")
+    else:
+        click.echo(f"not scheduled: {result.message}")
+        click.echo("Instead, add this line to the crontab of the user that runs pgcache-admin (crontab -e):")
+        click.echo(f"  {result.crontab}")
+    if not result.installed:
+        sys.exit(1)
+
+
+@schedule_group.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def schedule_status(as_json: bool):
+    """The pgcache pg_cron jobs with their last run; exits 1 when a job is missing, failed or late."""
+    from cachelib import schedule
+
+    state = schedule.status(db.database_url())
+    healthy = (state.available and {schedule.CLEANUP_JOB, schedule.ROLLUP_JOB} <= {
+        j.name.split("@")[0] for j in state.jobs} and all(
+        j.active and j.last_status != "failed" and not j.late for j in state.jobs))
+    if as_json:
+        emit({**state.to_dict(), "healthy": healthy}, True)
+    else:
+        click.echo(state.message)
+        for job in state.jobs:
+            click.echo(f"  {job.describe()}")
+        if not state.available:
+            click.echo(f"cleanup from cron instead: {state.crontab}")
+    if not healthy:
+        sys.exit(1)
+
+
+@schedule_group.command("remove")
+@friendly_errors
+def schedule_remove():
+    """Unschedule the pgcache pg_cron jobs (cleanup then stops running by itself)."""
+    from cachelib import schedule
+
+    removed = schedule.remove(db.database_url())
+    click.echo(f"removed: {', '.join(removed)}" if removed else "no pgcache pg_cron jobs to remove")
+
+
+@cli.command("candidates")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--min-calls", type=click.IntRange(1), default=2, show_default=True,
+              help="Only queries called at least this often.")
+@click.option("--min-mean-ms", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Only queries taking at least this long per call (cheaper ones are not worth caching).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def candidates_cmd(limit: int, min_calls: int, min_mean_ms: float, as_json: bool):
+    """The most expensive repeated read queries not yet cached (pg_stat_statements); exits 1 without it."""
+    from cachelib import candidates
+
+    report = candidates.find_candidates(db.database_url(), limit, min_calls, min_mean_ms)
+    emit(report.to_dict(), as_json, candidates.format_report(report))
+    if not report.available:
+        sys.exit(1)
+
+
+# --- end deployment verification, schedule, candidates ---------------------------------
 
 
 def _progress_bar(label: str, total: int):

@@ -90,7 +90,7 @@ def check_file_permissions(path: Path | str) -> None:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise ConfigError(f"the dashboard credentials file {path} does not exist; start the dashboard with "
-                          "`python -m cachelib serve` (or `make run`), which creates it and prints the passwords "
+                          "`python -m cachelib setup` (or `make run`), which creates it and prints the passwords "
                           "once") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the dashboard credentials file {path}: {exc.strerror}") from None

@@ -237,6 +237,14 @@ def _at(database, moment, action) -> None:
             conn.execute("RESET cachelib.now")
 
 
+def is_demo(url: str) -> bool:
+    """True when the source tables hold the generated demo rows (their names are ours)."""
+    with db.connect(url) as conn:
+        return bool(conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM public.experts WHERE name = 'Expert 1' AND id = 1)"
+            " AND EXISTS (SELECT 1 FROM public.products WHERE name = 'Product 1' AND id = 1)").fetchone()[0])
+
+
 def has_traffic(url: str) -> bool:
     """True when the statistics already hold history (demo or real)."""
     with db.connect(url) as conn:

@@ -75,7 +75,13 @@ class MigrationReport:
 def _open_backend(url: str):
     try:
         backend = _backend_for(url)
-        backend.init_database()  # yoyo's own lock and log tables
+        # yoyo's own lock and log tables. Creating them is done by trial (errors in the
+        # server log every time), so only when they are not there yet.
+        exists = backend.connection.execute("SELECT to_regclass('public.yoyo_lock') IS NOT NULL").fetchone()[0]
+        if exists:
+            backend.has_transactional_ddl = True  # PostgreSQL runs DDL in transactions
+        else:
+            backend.init_database()
         return backend
     except psycopg.OperationalError as exc:
         raise unavailable_error(url, exc) from None

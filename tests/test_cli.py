@@ -125,7 +125,8 @@ def test_embedded_server_lifecycle(tmp_path):
         assert run_cli("db", "url", env=env).stdout.strip() == url
         psql = shutil.which("psql")
         if psql:
-            assert subprocess.run([psql, url, "-Atc", "SELECT 42"], capture_output=True, text=True).stdout.strip() == "42"
+            answer = subprocess.run([psql, url, "-Atc", "SELECT 42"], capture_output=True, text=True)
+            assert answer.stdout.strip() == "42"
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
         again = run_cli("db", "start", env=env)

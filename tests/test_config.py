@@ -1,6 +1,6 @@
 """Settings: every documented form parses, every bad value fails naming the variable."""
 
-from datetime import timezone
+from datetime import UTC
 
 import pytest
 from hypothesis import given
@@ -54,7 +54,7 @@ def test_environment_overrides_and_sources():
                                   "CACHE_DEPLOYED_AT": "2026-10-01", "CACHE_TARGET_MONTH1_ANALYTICS": "90%"})
     assert settings.expert_sessions_duration.seconds == 5400
     assert settings.cache_enabled is False
-    assert settings.deployed_at.tzinfo == timezone.utc and settings.deployed_at.day == 1
+    assert settings.deployed_at.tzinfo == UTC and settings.deployed_at.day == 1
     assert settings.targets.month1_analytics == 90
     assert settings.sources["CACHE_EXPERT_SESSIONS_DURATION"] == "environment"
 

@@ -28,8 +28,8 @@ def warm(db_url, service):
 
 def audit_rows(db_url, action):
     with psycopg.connect(db_url) as conn:
-        return conn.execute("SELECT actor, actor_role, outcome, parameters, result FROM cache_private.maintenance_audit "
-                            "WHERE action = %s ORDER BY id", (action,)).fetchall()
+        return conn.execute("SELECT actor, actor_role, outcome, parameters, result "
+                            "FROM cache_private.maintenance_audit WHERE action = %s ORDER BY id", (action,)).fetchall()
 
 
 def live_entries(db_url):

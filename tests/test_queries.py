@@ -1,6 +1,6 @@
 """The data layer: documented columns, validation at the edge, targets against the movable clock."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import psycopg
@@ -93,7 +93,7 @@ def test_bad_parameters_raise_invalid_input(database, call):
 
 def test_target_status_over_the_windows(db_url):
     database = Database(db_url)
-    deployed = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    deployed = datetime(2026, 1, 1, tzinfo=UTC)
     config = Settings.from_env({"CACHE_DEPLOYED_AT": deployed.isoformat()})
     with psycopg.connect(db_url, autocommit=True) as conn:
         # Day 2: sessions 3 of 4 hit (75%); analytics 1 of 2 (50%). Day 10: both all hits.

@@ -22,7 +22,7 @@ def test_setup_prepares_everything_once(pg18, tmp_path):
     url = pg18.empty_database("setup")
     env = {"DATABASE_URL": url, "DASHBOARD_AUTH_FILE": str(tmp_path / "auth.yaml"),
            "DASHBOARD_ADMIN_PASSWORD": "chosen-admin-pw-123"}
-    first = run_cli("setup", env=env, timeout=240)
+    first = run_cli("setup", "--demo", env=env, timeout=240)
     assert first.returncode == 0, first.stderr
     out = first.stdout
     assert "Applied" in out and "demo data: 40 experts" in out and "demo traffic:" in out
@@ -37,10 +37,20 @@ def test_setup_prepares_everything_once(pg18, tmp_path):
                             "AND expires_at > now()").fetchone()[0]
         demo_flag = conn.execute("SELECT cache_private.setting('demo_data')").fetchone()[0]
     assert days >= 35 and live >= 2 and demo_flag == "true"
-    second = run_cli("setup", env=env, timeout=120)
+    second = run_cli("setup", "--demo", env=env, timeout=120)
     assert second.returncode == 0
     assert "Nothing to apply" in second.stdout and "demo data:" not in second.stdout
     assert "as created earlier" in second.stdout
+
+
+def test_setup_never_puts_demo_rows_into_your_own_database_unasked(pg18, tmp_path):
+    url = pg18.empty_database("setup_own")
+    result = run_cli("setup", env={"DATABASE_URL": url, "DASHBOARD_AUTH_FILE": str(tmp_path / "auth.yaml")})
+    assert result.returncode == 0, result.stderr
+    assert "demo data: skipped" in result.stdout
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM public.experts").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM cache_private.cache_stats_hourly").fetchone()[0] == 0
 
 
 def test_serve_answers_http_200(db_url, tmp_path):

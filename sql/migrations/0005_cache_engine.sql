@@ -75,6 +75,16 @@ BEGIN
     PERFORM cache_private.check_duration(p_cache_duration);  -- raises the precise error
   END IF;
 
+  -- A transaction that has written data behind this key (its invalidation is
+  -- queued for its commit, see 0006) must see its own writes: answer from the
+  -- data it sees and cache nothing. Read-only callers skip this at no cost.
+  IF pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL AND EXISTS (
+       SELECT 1 FROM cache_private.pending_invalidations
+       WHERE txid = pg_catalog.pg_current_xact_id_if_assigned() AND cache_key = p_cache_key) THEN
+    EXECUTE p_compute_sql INTO v_data;
+    RETURN v_data;
+  END IF;
+
   SELECT c.data, c.compute_ms INTO v_data, v_compute_ms
   FROM public.query_cache c
   WHERE c.cache_key = p_cache_key
@@ -236,6 +246,11 @@ $$;
 CREATE FUNCTION cache_private.try_rollup() RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = '' SET lock_timeout = '200ms' AS $$
 BEGIN
+  -- On a read replica or in a read-only transaction the read functions still answer,
+  -- with the statistics as of the last roll-up on the primary.
+  IF pg_catalog.current_setting('transaction_read_only') = 'on' THEN
+    RETURN;
+  END IF;
   PERFORM cache_private.rollup_stats();
 EXCEPTION WHEN lock_not_available THEN
   RAISE LOG 'cache statistics roll-up skipped: a cache row was locked';

@@ -1,11 +1,18 @@
 -- Invalidation: writes to a source table mark exactly the affected keys stale
--- (one id's key and the cache's ":all" key), inside the writing transaction.
+-- (one id's key and the cache's ":all" key) when the writing transaction commits.
+--
+-- A statement-level trigger on each source table only notes the keys (in an
+-- unlogged, transaction-private queue). A deferred constraint trigger then
+-- marks them all at commit time, in one global order (cache name, ":all" key
+-- first, then key order). Marking at commit rather than per statement means a
+-- writer holds cache rows only for the moment of its commit, so writers to the
+-- same cache do not queue behind each other's whole transactions, and
+-- transactions that write several cached tables in different orders cannot
+-- deadlock on cache rows.
 --
 -- Marking is an upsert of a tombstone, not a DELETE: an upsert also waits for a
 -- computation of the same key that is in flight (it holds the row), so a result
 -- computed from data older than this write can never outlive the write's commit.
--- Keys are locked ":all" first, then in key order, so writers cannot deadlock
--- on each other's keys.
 
 CREATE FUNCTION cache_private.invalidate_keys(p_cache_name text, p_keys text[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
@@ -41,7 +48,56 @@ BEGIN
 END
 $$;
 
--- Statement-level trigger for any source table.
+-- Keys noted by this transaction's writes, marked stale at its commit. Rows never
+-- outlive their transaction (the commit-time trigger deletes them; a rollback
+-- discards them), so the table is unlogged.
+CREATE UNLOGGED TABLE cache_private.pending_invalidations (
+  txid xid8 NOT NULL,
+  cache_name text NOT NULL,
+  cache_key text NOT NULL,
+  PRIMARY KEY (txid, cache_key)
+);
+-- One row per writing transaction; its deferred trigger does the marking at commit.
+CREATE UNLOGGED TABLE cache_private.pending_commits (
+  txid xid8 PRIMARY KEY
+);
+
+CREATE FUNCTION cache_private.queue_invalidation(p_cache_name text, p_keys text[]) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = '' AS $$
+  INSERT INTO cache_private.pending_invalidations (txid, cache_name, cache_key)
+  SELECT pg_catalog.pg_current_xact_id(), p_cache_name, k
+  FROM pg_catalog.unnest(p_keys) AS k WHERE k IS NOT NULL
+  ON CONFLICT DO NOTHING;
+  INSERT INTO cache_private.pending_commits (txid) VALUES (pg_catalog.pg_current_xact_id())
+  ON CONFLICT DO NOTHING;
+$$;
+
+-- At commit: mark every queued key of this transaction stale, cache by cache in name order.
+CREATE FUNCTION cache_private.invalidate_at_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN
+    WITH mine AS (
+      DELETE FROM cache_private.pending_invalidations
+      WHERE txid = pg_catalog.pg_current_xact_id()
+      RETURNING cache_name, cache_key
+    )
+    SELECT cache_name, pg_catalog.array_agg(cache_key) AS keys FROM mine GROUP BY cache_name ORDER BY cache_name
+  LOOP
+    PERFORM cache_private.invalidate_keys(r.cache_name, r.keys);
+  END LOOP;
+  DELETE FROM cache_private.pending_commits WHERE txid = pg_catalog.pg_current_xact_id();
+  RETURN NULL;
+END
+$$;
+CREATE CONSTRAINT TRIGGER invalidate_cache_at_commit
+  AFTER INSERT ON cache_private.pending_commits
+  DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION cache_private.invalidate_at_commit();
+
+-- Statement-level trigger for any source table: notes the affected keys.
 -- TG_ARGV[0]: the cache name; TG_ARGV[1]: the column holding the id that keys it.
 -- Transition tables make a bulk load of a million rows one call, not a million.
 CREATE FUNCTION cache_private.invalidate_from_rows() RETURNS trigger
@@ -60,7 +116,7 @@ BEGIN
     v_ids := v_ids || COALESCE(v_more, '{}');
   END IF;
   IF pg_catalog.cardinality(v_ids) > 0 THEN
-    PERFORM cache_private.invalidate_keys(
+    PERFORM cache_private.queue_invalidation(
       v_cache,
       ARRAY[v_cache || ':all'] || ARRAY(SELECT v_cache || ':' || id FROM pg_catalog.unnest(v_ids) AS id));
   END IF;
@@ -103,7 +159,7 @@ $$;
 CREATE FUNCTION cache_private.invalidate_all_of_cache() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 BEGIN
-  PERFORM cache_private.invalidate_keys(TG_ARGV[0], ARRAY(
+  PERFORM cache_private.queue_invalidation(TG_ARGV[0], ARRAY(
     SELECT cache_key FROM public.query_cache WHERE cache_name = TG_ARGV[0]
     UNION SELECT TG_ARGV[0] || ':all'));
   RETURN NULL;

@@ -80,8 +80,14 @@ BEGIN
       SELECT r.cache_key FROM ranked r
       WHERE r.position <= v_live_entries - v_max_entries
          OR r.bytes_so_far - r.size_bytes < v_live_bytes - v_max_bytes
+    ), unlocked AS (
+      -- SKIP LOCKED: holding evicted rows while waiting for one a writer holds would deadlock
+      -- with that writer's next statement; a row in use is evicted by the next cleanup.
+      SELECT q.cache_key FROM public.query_cache q
+      WHERE q.cache_key IN (SELECT cache_key FROM doomed)
+      FOR UPDATE OF q SKIP LOCKED
     ), gone AS (
-      DELETE FROM public.query_cache c USING doomed d
+      DELETE FROM public.query_cache c USING unlocked d
       WHERE c.cache_key = d.cache_key
       RETURNING c.size_bytes
     )
@@ -235,6 +241,43 @@ BEGIN
          '(python -m cachelib schedule install, or cron).' END;
   RETURN NEXT;
 
+  -- Scheduled cleanup: the pg_cron job pgcache-cleanup (python -m cachelib schedule install) when
+  -- pg_cron lives in this database, else cleanups in the last 24 hours (cron, or pg_cron elsewhere).
+  -- Dynamic SQL, so this works where pg_cron is not installed.
+  DECLARE
+    v_job text;
+    v_run_status text;
+    v_run_message text;
+  BEGIN
+    BEGIN
+      IF pg_catalog.to_regclass('cron.job') IS NOT NULL THEN
+        EXECUTE 'SELECT j.schedule, d.status, d.return_message FROM cron.job j
+                 LEFT JOIN LATERAL (SELECT r.status, r.return_message FROM cron.job_run_details r
+                   WHERE r.jobid = j.jobid AND r.status IN (''succeeded'', ''failed'')
+                   ORDER BY r.runid DESC LIMIT 1) d ON true
+                 WHERE j.jobname = ''pgcache-cleanup'' AND j.active LIMIT 1'
+          INTO v_job, v_run_status, v_run_message;
+      END IF;
+    EXCEPTION WHEN insufficient_privilege OR undefined_table OR undefined_column OR invalid_schema_name THEN
+      v_job := NULL;
+    END;
+    check_name := 'cleanup_schedule';
+    IF v_job IS NOT NULL THEN
+      value := 'pg_cron job pgcache-cleanup [' || v_job || '], last run ' || COALESCE(v_run_status, 'not yet');
+      status := CASE WHEN v_run_status = 'failed' THEN 'warning' ELSE 'ok' END;
+      recommendation := CASE WHEN status = 'ok' THEN 'Cleanup is scheduled with pg_cron.'
+        ELSE 'The last pg_cron cleanup failed (' || COALESCE(pg_catalog.left(v_run_message, 200), 'no message')
+             || '): see python -m cachelib schedule status and cron.job_run_details.' END;
+    ELSE
+      value := 'no pg_cron job pgcache-cleanup; last cleanup ' || COALESCE(v_last_cleanup::text, 'never');
+      status := CASE WHEN v_last_cleanup >= v_now - interval '24 hours' THEN 'ok' ELSE 'warning' END;
+      recommendation := CASE WHEN status = 'ok' THEN 'Cleanups run (from cron or by hand).'
+        ELSE 'Nothing cleaned up in 24 hours: schedule it with python -m cachelib schedule install (pg_cron) '
+             'or the crontab line in docs/operations.md.' END;
+    END IF;
+    RETURN NEXT;
+  END;
+
   -- Dead tuples (bloat) in the cache table.
   SELECT n_dead_tup, n_live_tup INTO v_dead, v_live
   FROM pg_catalog.pg_stat_user_tables WHERE relid = 'public.query_cache'::regclass;
@@ -357,7 +400,12 @@ BEGIN
                     ELSE cache_private.invalidate_keys(v_cache, ARRAY[p_cache_key]) END;
   ELSE
     PERFORM cache_private.check_cache_name(p_cache_name);
-    v_count := cache_private.invalidate_keys(p_cache_name, ARRAY(
+    -- The ':all' key first and on its own, as every writer does (0006): otherwise we could hold
+    -- keys while waiting for one that a writer's transaction holds, and it for ours (deadlock).
+    v_count := (SELECT pg_catalog.count(*) FROM public.query_cache
+                WHERE cache_key = p_cache_name || ':all' AND data IS NOT NULL);
+    PERFORM cache_private.invalidate_keys(p_cache_name, ARRAY[p_cache_name || ':all']);
+    v_count := v_count + cache_private.invalidate_keys(p_cache_name, ARRAY(
       SELECT cache_key FROM public.query_cache WHERE cache_name = p_cache_name AND data IS NOT NULL));
   END IF;
   PERFORM cache_private.write_audit('invalidate',
@@ -381,6 +429,10 @@ BEGIN
     RAISE EXCEPTION 'emergency clear refused: p_confirm must be exactly EMERGENCY_CLEAR_CONFIRMED'
       USING ERRCODE = '22023';
   END IF;
+  -- Wait for every transaction writing cache rows to end, then delete with no row waits: deleting
+  -- row by row could hold one key while waiting for another a writer holds, and it for ours.
+  -- Hits are not blocked (they only read query_cache); misses and invalidations wait for the commit.
+  LOCK TABLE public.query_cache IN SHARE ROW EXCLUSIVE MODE;
   DELETE FROM public.query_cache;
   GET DIAGNOSTICS v_count = ROW_COUNT;
   PERFORM cache_private.write_audit('emergency_clear', '{}'::jsonb, 'ok',

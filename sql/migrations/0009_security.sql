@@ -14,6 +14,8 @@ ALTER TABLE cache_private.fallback_reasons ENABLE ROW LEVEL SECURITY;
 ALTER TABLE cache_private.maintenance_audit ENABLE ROW LEVEL SECURITY;
 ALTER TABLE cache_private.settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE cache_private.caches ENABLE ROW LEVEL SECURITY;
+ALTER TABLE cache_private.pending_invalidations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE cache_private.pending_commits ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY "cache admins can read cache entries" ON public.query_cache
   FOR SELECT TO cache_admin USING (true);

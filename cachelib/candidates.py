@@ -1,0 +1,167 @@
+"""Caching candidates: the most expensive repeated read queries that are not cached yet.
+
+Reads ``pg_stat_statements`` (it must be preloaded and created in the database). Queries
+that already go through the cache are left out: calls of the cached functions and their
+direct twins, anything touching ``query_cache``, ``cache_cleanup_log`` or
+``cache_private``, and the catalog and monitoring queries of tools. What remains, ordered
+by total execution time, is where a cached function would save the most; the README's
+"Adding a cached function" shows how to add one.
+
+Without pg_stat_statements the report says what is missing and how to enable it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cachelib.config import Settings
+from cachelib.db import connect
+from cachelib.errors import InvalidInput
+from cachelib.verify import ALL_FUNCTIONS
+
+NOT_INSTALLED = ("pg_stat_statements is not installed on this PostgreSQL server: install the server's contrib "
+                 "package (Debian/Ubuntu ship it with postgresql-{major}); on Supabase and managed services it "
+                 "is available: enable it in the extensions list")
+NOT_LOADED = ("pg_stat_statements is not loaded: add it to shared_preload_libraries in postgresql.conf "
+              "(shared_preload_libraries = 'pg_stat_statements', keeping any libraries already listed), "
+              "restart PostgreSQL, then run in this database: CREATE EXTENSION pg_stat_statements;")
+NOT_CREATED = ("pg_stat_statements is loaded but not created in this database: run "
+               "CREATE EXTENSION pg_stat_statements; (Supabase: Database > Extensions > pg_stat_statements), "
+               "then let the application run a while before looking again")
+
+OUTDATED = ("pg_stat_statements is older than this server: run in this database: "
+            "ALTER EXTENSION pg_stat_statements UPDATE;")
+
+# Anything matching is cached already, is the cache's own bookkeeping, or is a tool's query.
+_OWN = sorted(ALL_FUNCTIONS, key=len, reverse=True)
+EXCLUDE_PATTERN = (r"(query_cache|cache_cleanup_log|cache_private\.|_cachelib_migrations|_yoyo_|yoyo_lock"
+                   r"|information_schema\.|cron\.|\mpg_\w+"  # pg_catalog, pg_stat_*, pg_class, pg_advisory_lock ...
+                   r"|\m(set_config|current_setting|has_\w+_privilege|to_reg\w+|" + "|".join(_OWN) + r")\s*\()")
+# Caching what runs in under a millisecond costs more than it saves (optimize_cache drops such entries too).
+DEFAULT_MIN_MEAN_MS = 1.0
+READ_PATTERN = r"^\s*(\(\s*)*(select|with|table|values)\M"
+WRITE_PATTERN = r"\m(insert|update|delete|merge|copy|into)\M|\mfor\s+(no\s+key\s+)?(update|share)\M"
+
+
+@dataclass
+class Candidate:
+    queryid: int
+    query: str
+    calls: int
+    total_ms: float
+    mean_ms: float
+    rows: int
+    share_pct: float | None  # of all execution time recorded for this database
+
+    @property
+    def rows_per_call(self) -> float:
+        return self.rows / self.calls if self.calls else 0.0
+
+    def one_line(self, width: int = 100) -> str:
+        text = re.sub(r"\s+", " ", self.query).strip()
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@dataclass
+class CandidatesReport:
+    available: bool
+    message: str
+    how_to_enable: str | None = None
+    stats_since: datetime | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stats_since"] = self.stats_since.isoformat() if self.stats_since else None
+        return data
+
+
+def _scalar(conn, query: str, params: tuple = ()):
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def _unavailable(reason: str) -> CandidatesReport:
+    return CandidatesReport(False, "cannot list caching candidates: " + reason.split(":")[0], reason)
+
+
+def find_candidates(url: str, limit: int = 10, min_calls: int = 2, min_mean_ms: float = DEFAULT_MIN_MEAN_MS,
+                    config: Settings | None = None) -> CandidatesReport:
+    """The ``limit`` most expensive repeated read queries not yet cached (by total execution time).
+
+    Repeated: called at least ``min_calls`` times; expensive: at least ``min_mean_ms`` per call.
+    """
+    if not 1 <= limit <= 1000:
+        raise InvalidInput(f"limit must be 1..1000, got {limit}")
+    if min_calls < 1:
+        raise InvalidInput(f"min_calls must be at least 1, got {min_calls}")
+    with connect(url, config=config) as conn:
+        schema = _scalar(conn, """SELECT n.nspname FROM pg_catalog.pg_extension e
+                                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                                  WHERE e.extname = 'pg_stat_statements'""")
+        loaded = _scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_settings "
+                               "WHERE name = 'pg_stat_statements.max')")
+        if schema is None:
+            if not _scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions "
+                                 "WHERE name = 'pg_stat_statements')"):
+                major = _scalar(conn, "SELECT current_setting('server_version_num')::int / 10000")
+                return _unavailable(NOT_INSTALLED.format(major=major))
+            return _unavailable(NOT_CREATED if loaded else NOT_LOADED)
+        if not loaded:
+            return _unavailable(NOT_LOADED)
+        quoted = sql.Identifier(schema).as_string(conn)
+        view, info = f"{quoted}.pg_stat_statements", f"{quoted}.pg_stat_statements_info"
+        try:
+            stats_since = _scalar(conn, f"SELECT stats_reset FROM {info}")
+            total = _scalar(conn, f"""SELECT sum(total_exec_time) FROM {view}
+                                      WHERE dbid = (SELECT oid FROM pg_catalog.pg_database
+                                                    WHERE datname = current_database())""")
+            rows = conn.execute(
+                f"""SELECT queryid, query, calls, total_exec_time, mean_exec_time, rows
+                    FROM {view}
+                    WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+                      AND toplevel
+                      AND calls >= %(min_calls)s
+                      AND mean_exec_time >= %(min_mean_ms)s
+                      AND query ~* %(read)s
+                      AND query !~* %(write)s
+                      AND query !~* %(exclude)s
+                    ORDER BY total_exec_time DESC
+                    LIMIT %(limit)s""",
+                {"min_calls": min_calls, "min_mean_ms": min_mean_ms, "read": READ_PATTERN, "write": WRITE_PATTERN,
+                 "exclude": EXCLUDE_PATTERN,
+                 "limit": limit}).fetchall()
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            return _unavailable(NOT_LOADED)
+        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
+            return _unavailable(OUTDATED)
+    candidates = [Candidate(int(r[0]), r[1], int(r[2]), round(float(r[3]), 3), round(float(r[4]), 3), int(r[5]),
+                            round(100.0 * float(r[3]) / float(total), 1) if total else None) for r in rows]
+    since = f" since {stats_since:%Y-%m-%d %H:%M %Z}" if stats_since else ""
+    if candidates:
+        message = (f"{len(candidates)} most expensive repeated read queries not yet cached (pg_stat_statements"
+                   f"{since}); cache one with a new cached function: README, 'Adding a cached function'")
+    else:
+        message = (f"no uncached read query ran at least {min_calls} times taking {min_mean_ms:g} ms or more "
+                   f"per call (pg_stat_statements{since}); nothing worth caching yet")
+    return CandidatesReport(True, message, None, stats_since, candidates)
+
+
+def format_report(report: CandidatesReport) -> str:
+    """The text the CLI prints."""
+    if not report.available:
+        return f"{report.message}\n  how to enable it: {report.how_to_enable}"
+    lines = [report.message]
+    if report.candidates:
+        lines.append(f"{'#':>2} {'calls':>9} {'total ms':>12} {'mean ms':>10} {'rows/call':>9} {'share':>6}  query")
+        for rank, c in enumerate(report.candidates, 1):
+            share = f"{c.share_pct:5.1f}%" if c.share_pct is not None else "     -"
+            lines.append(f"{rank:>2} {c.calls:>9,} {c.total_ms:>12,.1f} {c.mean_ms:>10,.2f} {c.rows_per_call:>9,.1f} "
+                         f"{share}  {c.one_line()}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""python -m cachelib candidates: expensive repeated reads from pg_stat_statements, minus what is cached.
+
+Runs on our own PostgreSQL 15 with pg_stat_statements preloaded (see test_schedule for the
+server), and checks the message for each way pg_stat_statements can be missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from cachelib import candidates, demo
+from cachelib.config import PROJECT_ROOT
+from tests.test_schedule import pg15_unavailable_reason, start_preloaded_pg15
+
+EXPENSIVE = ("SELECT e.specialty, count(*) AS sessions, avg(s.duration_minutes) AS minutes "
+             "FROM public.expert_sessions s JOIN public.experts e ON e.id = s.expert_id "
+             "WHERE s.started_at > now() - make_interval(days => %s) GROUP BY e.specialty")
+CHEAP = "SELECT name FROM public.products WHERE id = %s"
+
+
+@pytest.fixture(scope="module")
+def statements_server():
+    reason = pg15_unavailable_reason(needs_pg_cron=False)
+    if reason:
+        pytest.skip(reason)
+    server = start_preloaded_pg15("pg_stat_statements")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic_url(statements_server):
+    """A migrated demo database with pg_stat_statements and some read traffic, cached and not."""
+    url = statements_server.create_database("candidates")
+    demo.load(url, "small")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
+        for days in (30, 60, 90, 120, 365):
+            conn.execute(EXPENSIVE, (days,))
+        for product_id in range(1, 11):
+            conn.execute(CHEAP, (product_id,))
+        for _ in range(3):
+            conn.execute("SELECT public.get_expert_sessions_with_stats_cached(NULL, '5 minutes')")
+            conn.execute("SELECT public.get_expert_sessions_with_stats(1)")
+            conn.execute("SELECT count(*) FROM public.query_cache")
+            conn.execute("SELECT * FROM public.analyze_cache_health()")
+            conn.execute("UPDATE public.experts SET name = name WHERE id = 1")
+        conn.execute("SELECT e.name FROM public.experts e ORDER BY e.id LIMIT 1")  # once: not repeated
+    return url
+
+
+def run_cli(*args, url: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cachelib", *args], capture_output=True, text=True,
+                          env={**os.environ, "DATABASE_URL": url}, timeout=120, cwd=PROJECT_ROOT)
+
+
+def test_lists_uncached_repeated_reads_and_leaves_out_what_is_cached(traffic_url):
+    report = candidates.find_candidates(traffic_url, limit=50, min_mean_ms=0)
+    assert report.available and report.stats_since is not None
+    queries = [c.query for c in report.candidates]
+    assert any("GROUP BY e.specialty" in q for q in queries), queries
+    assert any("FROM public.products WHERE id = $1" in q for q in queries), queries
+    joined = "\n".join(queries)
+    for cached_or_own in ("_cached(", "get_expert_sessions_with_stats(", "query_cache", "analyze_cache_health",
+                          "UPDATE", "pg_stat_statements", "ORDER BY e.id LIMIT"):
+        assert cached_or_own not in joined, cached_or_own
+    expensive = next(c for c in report.candidates if "GROUP BY e.specialty" in c.query)
+    assert expensive.calls == 5 and expensive.rows == 5 * expensive.rows_per_call
+    assert [c.total_ms for c in report.candidates] == sorted((c.total_ms for c in report.candidates), reverse=True)
+    assert all(c.share_pct is not None and 0 <= c.share_pct <= 100 for c in report.candidates)
+
+
+def test_thresholds_and_limit(traffic_url):
+    assert len(candidates.find_candidates(traffic_url, limit=1, min_mean_ms=0).candidates) == 1
+    assert all(c.calls >= 6 for c in candidates.find_candidates(traffic_url, min_calls=6, min_mean_ms=0).candidates)
+    nothing = candidates.find_candidates(traffic_url, min_mean_ms=1e9)
+    assert nothing.available and nothing.candidates == [] and "nothing worth caching yet" in nothing.message
+
+
+def test_cli_text_and_json(traffic_url):
+    text = run_cli("candidates", "--min-mean-ms", "0", "--limit", "5", url=traffic_url)
+    assert text.returncode == 0, text.stderr
+    assert "most expensive repeated read queries not yet cached" in text.stdout
+    assert "calls" in text.stdout and "SELECT e.specialty, count(*) AS sessions" in text.stdout
+    body = json.loads(run_cli("candidates", "--min-mean-ms", "0", "--json", url=traffic_url).stdout)
+    assert body["available"] is True and any("GROUP BY e.specialty" in c["query"] for c in body["candidates"])
+
+
+def test_loaded_but_not_created_says_create_extension(statements_server):
+    url = statements_server.create_database("candidates_no_ext", migrated=False)
+    report = candidates.find_candidates(url)
+    assert not report.available and "CREATE EXTENSION pg_stat_statements;" in report.how_to_enable
+    cli = run_cli("candidates", url=url)
+    assert cli.returncode == 1
+    assert "cannot list caching candidates: pg_stat_statements is loaded but not created" in cli.stdout
+
+
+def test_not_preloaded_says_shared_preload_libraries(pg15):
+    url = pg15.fresh_database("candidates_not_loaded")
+    report = candidates.find_candidates(url)
+    assert not report.available and "shared_preload_libraries" in report.how_to_enable
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")  # created, but the library is not loaded
+    report = candidates.find_candidates(url)
+    assert not report.available and "restart PostgreSQL" in report.how_to_enable
+
+
+def test_not_installed_on_the_server(db_url):
+    report = candidates.find_candidates(db_url)
+    assert not report.available and "pg_stat_statements is not installed on this PostgreSQL server" in report.message
+    assert "contrib" in report.how_to_enable
