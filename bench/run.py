@@ -293,7 +293,7 @@ def load_reduction(url):
            note=f"steady state after {warmup} warm-up calls: {hits} hits, {misses} misses, {writes} writes; "
                 f"without cache ≈ {baseline_ms / 1000:,.1f} s of direct queries (median cost per key class x calls), "
                 f"with cache {float(spent) / 1000:,.1f} s")
-    record("load_reduction", "hit rate at steady state (%)", 100.0 * hits / (hits + misses), "%")
+    record("load_reduction", "hit rate at steady state (%)", 100.0 * float(hits) / float(hits + misses), "%")
     manager.database.close()
 
 

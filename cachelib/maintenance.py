@@ -113,6 +113,8 @@ class Maintenance:
         """Mark one cache's entries, or one key, stale."""
         if (cache is None) == (key is None):
             raise InvalidInput("give exactly one of cache or key")
+        _check_text("cache", cache)
+        _check_text("key", key)
         params = {"cache": cache} if cache is not None else {"key": key}
 
         def run(conn):
@@ -190,6 +192,12 @@ def _row(conn, sql: str) -> dict:
     names = [c.name for c in cursor.description]
     row = cursor.fetchone()
     return dict(zip(names, row, strict=True)) if row else {}
+
+
+def _check_text(name: str, value: str | None) -> None:
+    # PostgreSQL text cannot hold NUL; say so instead of failing inside the driver.
+    if value is not None and "\x00" in value:
+        raise InvalidInput(f"{name} must not contain NUL characters")
 
 
 def _check_days(days) -> None:

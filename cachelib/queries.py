@@ -58,6 +58,8 @@ def top_entries(limit: int = 50, order_by: str = "hits", cache: str | None = Non
     if order_by not in ORDER_BY_CHOICES:
         raise InvalidInput(f"order_by must be one of {', '.join(ORDER_BY_CHOICES)}; got {order_by!r}")
     search = search or None
+    if search is not None and "\x00" in search:
+        raise InvalidInput("search must not contain NUL characters")
     return _frame("SELECT * FROM public.get_top_cache_entries(%s, %s, %s, %s)",
                   (limit, order_by, cache, search), database)
 

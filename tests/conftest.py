@@ -23,7 +23,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cachelib import config, demo, migrate
+from cachelib import auth, config, demo, migrate
+from cachelib.config import Settings
+from cachelib.db import Database
+from cachelib.manager import CacheManager
 
 TEMPLATE = "pgcache_template"
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -157,3 +160,66 @@ def app_env(db_url, monkeypatch, tmp_path):
     monkeypatch.setattr(config, "_cached", None)
     yield db_url
     monkeypatch.setattr(config, "_cached", None)
+
+
+from streamlit.runtime.pages_manager import PagesManager  # noqa: E402 - only the dashboard fixtures need it
+
+# --- the dashboard under AppTest (tests/test_dashboard_apptest.py, tests/test_hostile_input.py) ---------
+
+ADMIN_PASSWORD = "admin-Test-pass-1"
+VIEWER_PASSWORD = "viewer-Test-pass-1"
+
+
+@pytest.fixture
+def navigation_mode(monkeypatch):
+    """Run every AppTest run the way a running server does.
+
+    Streamlit decides once per process, before the first script run, whether a
+    ``pages/`` folder means the old automatic multipage mode; the first
+    st.navigation call switches that off for good. AppTest makes that decision
+    again before every run, so without this each run after the first would
+    execute the page file directly instead of dashboard.py. (The first-run
+    case is covered by test_a_page_run_directly_without_login_shows_nothing.)
+    """
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture(scope="module")
+def credentials_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "auth.yaml"
+    created = auth.ensure_credentials(Settings.from_env({"DASHBOARD_AUTH_FILE": str(path),
+                                                         "DASHBOARD_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                                                         "DASHBOARD_VIEWER_PASSWORD": VIEWER_PASSWORD}))
+    assert created == [("admin", ADMIN_PASSWORD), ("viewer", VIEWER_PASSWORD)]
+    return path
+
+
+@pytest.fixture(scope="module")
+def traffic(db_url):
+    """Some real cache traffic: entries in both caches, hits and misses in the statistics."""
+    database = Database(db_url, Settings.from_env({}))
+    manager = CacheManager(database, Settings.from_env({}))
+    for _ in range(3):
+        manager.expert_sessions()
+        manager.product_performance()
+        for ident in (1, 2, 3):
+            manager.expert_sessions(ident)
+            manager.product_performance(ident)
+    database.close()
+    return db_url
+
+
+@pytest.fixture
+def dashboard(app_env, traffic, credentials_file, navigation_mode, monkeypatch):
+    monkeypatch.setenv("DASHBOARD_AUTH_FILE", str(credentials_file))
+    monkeypatch.setenv("DASHBOARD_COOKIE_KEY", "apptest-cookie-key-0123456789abcdef")
+    monkeypatch.setattr(config, "_cached", None)
+    return app_env
+
+

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from cachelib import auth, config, db
@@ -27,65 +26,14 @@ PAGES = {
     "pages/maintenance.py": "Maintenance & Health",
     "pages/monthly_review.py": "Monthly Review",
 }
-ADMIN_PASSWORD = "admin-Test-pass-1"
-VIEWER_PASSWORD = "viewer-Test-pass-1"
+from tests.conftest import ADMIN_PASSWORD, VIEWER_PASSWORD  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("navigation_mode")
 ADMIN_BUTTONS = {"run_health_check", "run_cleanup", "run_optimize", "invalidate_cache", "invalidate_key", "prewarm",
                  "invalidate_selected"}
 
 
-# --- fixtures -----------------------------------------------------------------------
-
-@pytest.fixture(autouse=True)
-def navigation_mode(monkeypatch):
-    """Run every AppTest run the way a running server does.
-
-    Streamlit decides once per process, before the first script run, whether a
-    ``pages/`` folder means the old automatic multipage mode; the first
-    st.navigation call switches that off for good. AppTest makes that decision
-    again before every run, so without this each run after the first would
-    execute the page file directly instead of dashboard.py. (The first-run
-    case is covered by test_a_page_run_directly_without_login_shows_nothing.)
-    """
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
-@pytest.fixture(scope="module")
-def credentials_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("auth") / "auth.yaml"
-    created = auth.ensure_credentials(Settings.from_env({"DASHBOARD_AUTH_FILE": str(path),
-                                                         "DASHBOARD_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                                                         "DASHBOARD_VIEWER_PASSWORD": VIEWER_PASSWORD}))
-    assert created == [("admin", ADMIN_PASSWORD), ("viewer", VIEWER_PASSWORD)]
-    return path
-
-
-@pytest.fixture(scope="module")
-def traffic(db_url):
-    """Some real cache traffic: entries in both caches, hits and misses in the statistics."""
-    database = Database(db_url, Settings.from_env({}))
-    manager = CacheManager(database, Settings.from_env({}))
-    for _ in range(3):
-        manager.expert_sessions()
-        manager.product_performance()
-        for ident in (1, 2, 3):
-            manager.expert_sessions(ident)
-            manager.product_performance(ident)
-    database.close()
-    return db_url
-
-
-@pytest.fixture
-def dashboard(app_env, traffic, credentials_file, monkeypatch):
-    monkeypatch.setenv("DASHBOARD_AUTH_FILE", str(credentials_file))
-    monkeypatch.setenv("DASHBOARD_COOKIE_KEY", "apptest-cookie-key-0123456789abcdef")
-    monkeypatch.setattr(config, "_cached", None)
-    return app_env
+# Fixtures (dashboard, credentials_file, traffic, navigation_mode) live in tests/conftest.py.
 
 
 def scalar(url: str, sql: str, params: tuple = ()):

@@ -113,9 +113,16 @@ DECLARE
   v_compute_ms double precision;
   v_caller_lock_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
-  -- One computation per key at a time; the others wait here (bounded) and then read.
+  -- One computation per key at a time. The first caller takes the key's advisory
+  -- lock exclusively and computes; the others wait for it in shared mode, so when
+  -- it commits they all read the result at once instead of one after another.
+  -- Waiting is bounded by compute_lock_timeout_ms (then the caller falls back).
   PERFORM pg_catalog.set_config('lock_timeout', cache_private.setting('compute_lock_timeout_ms'), true);
-  PERFORM pg_catalog.pg_advisory_xact_lock(726354, pg_catalog.hashtext(p_cache_key));
+  IF NOT pg_catalog.pg_try_advisory_xact_lock(726354, pg_catalog.hashtext(p_cache_key)) THEN
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(726354, pg_catalog.hashtext(p_cache_key));
+    -- If the computing caller failed, we compute below without the stampede lock:
+    -- upgrading a shared lock that other waiters share could deadlock with them.
+  END IF;
   v_data := cache_private.read_live(p_cache_name, p_cache_key, p_cache_duration, p_now, p_started);
   IF v_data IS NOT NULL THEN
     PERFORM pg_catalog.set_config('lock_timeout', v_caller_lock_timeout, true);
