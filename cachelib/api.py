@@ -62,6 +62,7 @@ ACTION_PARAMETERS: dict[str, tuple[str, ...]] = {
     "invalidate": ("cache", "key"),
     "emergency_clear": ("confirm",),
     "prewarm": ("cache",),
+    "verify": (),
 }
 ACTION_USAGE = {
     "health_check": "action=health_check",
@@ -71,6 +72,7 @@ ACTION_USAGE = {
     "invalidate": "action=invalidate&cache=NAME or action=invalidate&key=CACHE_KEY",
     "emergency_clear": f"action=emergency_clear&confirm={EMERGENCY_TOKEN}",
     "prewarm": "action=prewarm&cache=NAME",
+    "verify": "action=verify (the read-only deployment checks)",
 }
 assert set(ACTION_PARAMETERS) == set(ACTIONS) == set(ACTION_USAGE)
 
@@ -305,6 +307,8 @@ def run_action(database: Database, actor: Actor, action: str, params: dict[str, 
         result = maintenance.invalidate(actor, cache=given.get("cache"), key=given.get("key"))
     elif action == "emergency_clear":
         result = maintenance.emergency_clear(actor, given.get("confirm"))
+    elif action == "verify":
+        result = maintenance.verify(actor)
     else:  # prewarm
         if "cache" not in given:
             raise InvalidInput(f"prewarm needs a cache; usage: {ACTION_USAGE['prewarm']}")

@@ -23,7 +23,8 @@ from cachelib.errors import ConfirmationRequired, InvalidInput, PermissionDenied
 EMERGENCY_TOKEN = "EMERGENCY_CLEAR_CONFIRMED"
 Role = Literal["admin", "viewer"]
 ROLES = ("admin", "viewer")
-ACTIONS = ("health_check", "cleanup", "cleanup_stats", "optimize_cache", "invalidate", "emergency_clear", "prewarm")
+ACTIONS = ("health_check", "cleanup", "cleanup_stats", "optimize_cache", "invalidate", "emergency_clear", "prewarm",
+           "verify")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,17 @@ class Maintenance:
             self._audit(conn, "prewarm", {"cache": cache}, "ok", {"keys_warmed": len(ids) + 1})
             return f"Prewarmed {len(ids) + 1} keys of {cache}", {"keys_warmed": len(ids) + 1}
         return self._act(actor, "prewarm", {"cache": cache}, run)
+
+    def verify(self, actor: Actor) -> ActionResult:
+        """The read-only deployment checks of `python -m cachelib verify`; details: checks and whether all pass."""
+        from cachelib import verify
+
+        def run(conn):
+            checks = verify.run_checks(self.database.url, allow_writes=False)
+            passed = verify.all_required_pass(checks)
+            self._audit(conn, "verify", {}, "ok", {"all_required_pass": passed})
+            return verify.summary(checks), {"all_required_pass": passed, "checks": [c.to_dict() for c in checks]}
+        return self._act(actor, "verify", {}, run)
 
     # --- shared plumbing -----------------------------------------------------
 

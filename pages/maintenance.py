@@ -57,6 +57,28 @@ def actions() -> None:
                 ui.run_action("Emergency clear", lambda: maintenance.emergency_clear(actor, token.strip()))
 
 
+def deployment_checks() -> None:
+    """The read-only checks of `python -m cachelib verify`, on demand (they take a few seconds)."""
+    st.subheader("Deployment verification")
+    if not ui.is_admin():
+        st.caption("Administrators can run the deployment checks here (python -m cachelib verify).")
+        return
+    st.caption("The read-only checks of `python -m cachelib verify`: settings, migrations, the 15 functions, "
+               "triggers, row-level security, grants, cached calls, health and the cleanup schedule.")
+    if not st.button("Verify deployment", key="run_verify", icon=":material/fact_check:"):
+        return
+    result = ui.run_action("Deployment verification", lambda: Maintenance().verify(ui.current_actor()))
+    if result is None:
+        return
+    checks = pd.DataFrame(result.details["checks"])
+    marks = {"pass": "✓", "fail": "✗", "skipped": "–"}
+    table = pd.DataFrame({
+        "": checks["status"].map(marks),
+        "Group": checks["group"], "Check": checks["name"], "Found": checks["detail"],
+        "Fix": checks["fix"].fillna(""), "Required": checks["required"]})
+    st.dataframe(table, hide_index=True, width="stretch")
+
+
 def health() -> None:
     """the health checks"""
     st.subheader("Health checks")
@@ -138,6 +160,8 @@ def _compact(value) -> str:
 
 with ui.guard("the maintenance actions"):
     actions()
+with ui.guard("the deployment verification"):
+    deployment_checks()
 
 
 def monitoring() -> None:

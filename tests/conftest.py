@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg
@@ -27,9 +24,9 @@ from cachelib import auth, config, demo, migrate
 from cachelib.config import Settings
 from cachelib.db import Database
 from cachelib.manager import CacheManager
+from tests.servers import pg15_unavailable_reason, start_pg15
 
 TEMPLATE = "pgcache_template"
-PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 _copies = itertools.count(1)
 
 
@@ -84,52 +81,16 @@ def pg18() -> Server:
         server.cleanup()
 
 
-def _pg15_unavailable_reason() -> str | None:
-    if not (PG15_BIN / "initdb").exists():
-        return "Debian's PostgreSQL 15 is not installed (apt-get install postgresql-15; .ci/run does this)"
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "running as root without runuser to start PostgreSQL 15 as the postgres user"
-    return None
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
 @pytest.fixture(scope="session")
 def pg15() -> Server:
-    reason = _pg15_unavailable_reason()
+    reason = pg15_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    work = Path(tempfile.mkdtemp(prefix="pgc15_"))
-    data_dir = work / "data"
-    if os.geteuid() == 0:
-        shutil.chown(work, "postgres", "postgres")
-    subprocess.run(_as_postgres([str(PG15_BIN / "initdb"), "-D", str(data_dir), "-U", "postgres",
-                                 "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
-    opts = f"-k {work} -h '' -p 5499"
-    subprocess.run(_as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data_dir), "-o", opts, "-l",
-                                 str(work / "log"), "-w", "start"]), check=True, capture_output=True)
+    server = start_pg15()
     try:
-        url = f"postgresql://postgres@/postgres?host={work}&port=5499"
-        _wait_ready(url)
-        yield Server("pg15", url)
+        yield Server("pg15", server.url())
     finally:
-        subprocess.run(_as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            psycopg.connect(url).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+        server.stop()
 
 
 @pytest.fixture(scope="module", params=["pg18", "pg15"])

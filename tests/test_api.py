@@ -34,6 +34,7 @@ from cachelib.__main__ import cli
 from cachelib.db import Database
 from cachelib.errors import ConfigError, InvalidInput
 from cachelib.maintenance import ACTIONS, EMERGENCY_TOKEN
+from tests.servers import free_port
 
 METRICS = "/api/admin/cache/metrics"
 MAINTENANCE = "/api/admin/cache/maintenance"
@@ -488,14 +489,10 @@ def test_cli_api_refuses_a_bad_setting(app_env, monkeypatch):
 # --- the real server ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_real_server_over_http(db_url, database, keys, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": db_url, "API_METRICS_REQUIRE_KEY": "false",
            "DASHBOARD_AUTH_FILE": str(tmp_path / "auth.yaml")}
     log = open(tmp_path / "server.log", "w+")

@@ -16,7 +16,7 @@ import pytest
 
 from cachelib import candidates, demo
 from cachelib.config import PROJECT_ROOT
-from tests.test_schedule import pg15_unavailable_reason, start_preloaded_pg15
+from tests.servers import pg15_unavailable_reason, start_pg15
 
 EXPENSIVE = ("SELECT e.specialty, count(*) AS sessions, avg(s.duration_minutes) AS minutes "
              "FROM public.expert_sessions s JOIN public.experts e ON e.id = s.expert_id "
@@ -26,10 +26,10 @@ CHEAP = "SELECT name FROM public.products WHERE id = %s"
 
 @pytest.fixture(scope="module")
 def statements_server():
-    reason = pg15_unavailable_reason(needs_pg_cron=False)
+    reason = pg15_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    server = start_preloaded_pg15("pg_stat_statements")
+    server = start_pg15({"shared_preload_libraries": "'pg_stat_statements'"})
     try:
         yield server
     finally:

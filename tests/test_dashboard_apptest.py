@@ -430,3 +430,14 @@ def test_failed_logins_slow_down_and_are_bounded():
     assert auth.failure_delay("someone-else") == 0
     auth.clear_failures(name)
     assert auth.failure_delay(name) == 0
+
+
+def test_verify_deployment_button_shows_the_checks(dashboard):
+    at = logged_in("viewer", "pages/maintenance.py")
+    assert "run_verify" not in button_keys(at)
+    at = logged_in("admin", "pages/maintenance.py")
+    at.button(key="run_verify").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    tables = [d.value for d in at.dataframe if "Check" in d.value.columns and "Fix" in d.value.columns]
+    assert tables and {"cache functions", "row-level security", "migrations"} <= set(tables[0]["Check"])
+    assert scalar(dashboard, "SELECT count(*) FROM cache_private.maintenance_audit WHERE action = 'verify'") == 1

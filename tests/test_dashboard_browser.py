@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from cachelib import auth
 from cachelib.config import Settings
 from cachelib.db import Database
 from cachelib.manager import CacheManager
+from tests.servers import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -39,10 +39,6 @@ PAGES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_http_ok(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -80,7 +76,7 @@ def server(db_url, tmp_path_factory):
             manager.product_performance(ident)
     database.close()
 
-    port = _free_port()
+    port = free_port()
     log = work / "streamlit.log"
     with log.open("w") as out:
         process = subprocess.Popen(

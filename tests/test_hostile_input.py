@@ -119,10 +119,37 @@ def test_cli_emergency_clear_refuses_every_other_token(cli_env, token):
         assert conn.execute("SELECT count(*) FROM public.query_cache").fetchone()[0] == before
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(["CACHE_DEFAULT_DURATION", "CACHE_ENABLED", "CACHE_POOL_SIZE", "CACHE_DEPLOYED_AT",
-                             "CACHE_TARGET_WEEK1_SESSIONS", "DASHBOARD_REFRESH_SECONDS", "API_METRICS_REQUIRE_KEY"]),
-       value=TEXT)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=TEXT, role=TEXT)
+def test_cli_api_key_create_takes_any_name_and_role(cli_env, name, role):
+    result = invoke(["api-key", "create", "--name", name, "--role", role], cli_env)
+    assert_clean(result)
+    if result.exit_code == 0:
+        assert role in ("admin", "viewer")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(days=st.one_of(st.integers(max_value=0), st.integers(min_value=401), TEXT.filter(lambda t: not t.isdigit())))
+def test_cli_demo_traffic_refuses_bad_days(cli_env, days):
+    result = invoke(["demo", "traffic", "--days", str(days)], cli_env)
+    assert_clean(result)
+    assert result.exit_code == 2
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(every=TEXT)
+def test_cli_schedule_install_takes_any_interval(cli_env, every):
+    assert_clean(invoke(["schedule", "install", "--every", every], cli_env))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limit=st.one_of(st.integers(min_value=-10**9, max_value=10**9), TEXT))
+def test_cli_candidates_takes_any_limit(cli_env, limit):
+    assert_clean(invoke(["candidates", "--limit", str(limit)], cli_env))
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from([s.name for s in config.SETTINGS]), value=TEXT)
 def test_every_setting_either_parses_or_stops_start_up_cleanly(name, value):
     from cachelib.config import Settings
     from cachelib.errors import ConfigError

@@ -134,3 +134,12 @@ def test_prewarm_fills_a_cache(db_url, service):
                             "AND data IS NOT NULL").fetchone()[0] == 1
     with pytest.raises(InvalidInput):
         service.prewarm(ADMIN, "nope")
+
+
+def test_verify_runs_the_read_only_checks_for_admins(db_url, service):
+    result = service.verify(ADMIN)
+    names = {c["name"] for c in result.details["checks"]}
+    assert {"migrations", "cache functions", "invalidation triggers", "row-level security"} <= names
+    assert result.message.startswith("verify:")
+    with pytest.raises(PermissionDenied):
+        service.verify(VIEWER)

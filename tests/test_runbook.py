@@ -15,8 +15,6 @@ import shlex
 import stat
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 
 import bcrypt
@@ -27,6 +25,7 @@ import yaml
 
 from cachelib.config import PROJECT_ROOT, Settings
 from cachelib.db import Database
+from tests.servers import api_in_thread
 
 DOC = PROJECT_ROOT / "docs" / "operations.md"
 DOC_API = "http://127.0.0.1:8000"
@@ -147,32 +146,14 @@ def test_health_checks_named_in_the_runbook_exist(db_url):
 @pytest.fixture(scope="module")
 def api(db_url):
     """The real admin API over the runbook's database, and an admin key for it."""
-    import socket
-
-    import uvicorn
-
     from cachelib import apikeys
-    from cachelib.api import FailureThrottle, create_app
 
     database = Database(db_url, Settings.from_env({}))
     key = apikeys.create_key("runbook-test", "admin", database)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(database, metrics_key_required=False,
-                                                      throttle=FailureThrottle(base_delay=0)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", key
+        with api_in_thread(database) as base:
+            yield base, key
     finally:
-        server.should_exit = True
-        thread.join(10)
         database.close()
 
 

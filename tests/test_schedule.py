@@ -9,11 +9,8 @@ lifecycle test schedules '* * * * *' and waits for the next minute's run (up to 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,87 +19,23 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cachelib import migrate, schedule, verify
+from cachelib import schedule, verify
 from cachelib.config import PROJECT_ROOT, Settings
 from cachelib.errors import InvalidInput
+from tests.servers import pg15_unavailable_reason, start_pg15
 
-PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_CRON_CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")
 CRON_DATABASE = "pgcache_cron"
 
 
-# --- our own PostgreSQL 15 with preloaded libraries (also used by test_candidates) ------------------
-
-
-def pg15_unavailable_reason(needs_pg_cron: bool = True) -> str | None:
-    if not (PG15_BIN / "initdb").exists():
-        return "Debian's PostgreSQL 15 is not installed (apt-get install postgresql-15; .ci/run does this)"
-    if needs_pg_cron and not PG_CRON_CONTROL.exists():
-        return "postgresql-15-cron is not installed (apt-get install postgresql-15-cron; .ci/run does this)"
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "running as root without runuser to start PostgreSQL 15 as the postgres user"
-    return None
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class PreloadedServer:
-    work: Path
-    port: int
-
-    def url(self, dbname: str) -> str:
-        return f"postgresql://postgres@/{dbname}?host={self.work}&port={self.port}"
-
-    def create_database(self, dbname: str, *, migrated: bool = True) -> str:
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        if migrated:
-            migrate.apply(self.url(dbname))
-        return self.url(dbname)
-
-    def stop(self) -> None:
-        subprocess.run(_as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(self.work / "data"), "-m", "immediate",
-                                     "stop"]), capture_output=True)
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-def start_preloaded_pg15(libraries: str, extra: dict[str, str] | None = None) -> PreloadedServer:
-    """initdb + start a PostgreSQL 15 listening on a unix socket only, with ``libraries`` preloaded."""
-    work = Path(tempfile.mkdtemp(prefix="pgc15cron_"))
-    if os.geteuid() == 0:
-        shutil.chown(work, "postgres", "postgres")
-    data = work / "data"
-    subprocess.run(_as_postgres([str(PG15_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                                 "-E", "UTF8"]), check=True, capture_output=True)
-    settings = {"shared_preload_libraries": f"'{libraries}'", "max_worker_processes": "32", **(extra or {})}
-    with open(data / "postgresql.conf", "a") as conf:
-        conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
-    port = _free_port()
-    started = subprocess.run(_as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data), "-o",
-                                           f"-k {work} -h '' -p {port}", "-l", str(work / "log"), "-w", "start"]),
-                             capture_output=True, text=True)
-    if started.returncode != 0:
-        log = (work / "log").read_text() if (work / "log").exists() else started.stderr
-        shutil.rmtree(work, ignore_errors=True)
-        raise RuntimeError(f"PostgreSQL 15 did not start:\n{log}")
-    return PreloadedServer(work, port)
-
-
 @pytest.fixture(scope="module")
 def cron_server():
-    reason = pg15_unavailable_reason()
+    reason = pg15_unavailable_reason((PG_CRON_CONTROL,))
     if reason:
         pytest.skip(reason)
-    server = start_preloaded_pg15("pg_cron", {
+    server = start_pg15({
+        "shared_preload_libraries": "'pg_cron'",
+        "max_worker_processes": "32",
         "cron.database_name": f"'{CRON_DATABASE}'",
         # Jobs run in background workers: no TCP connection or password needed.
         "cron.use_background_workers": "on",

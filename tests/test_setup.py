@@ -1,6 +1,5 @@
 """make run's path end to end: setup on an empty database, then the dashboard serves HTTP 200."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -9,13 +8,8 @@ import httpx
 import psycopg
 
 from cachelib.config import PROJECT_ROOT
+from tests.servers import free_port
 from tests.test_cli import run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_setup_prepares_everything_once(pg18, tmp_path):

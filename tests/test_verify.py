@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -23,6 +21,7 @@ import pytest
 from cachelib import auth, verify
 from cachelib.config import PROJECT_ROOT, Settings
 from cachelib.db import Database
+from tests.servers import api_in_thread, free_port
 
 ARTIFACT = PROJECT_ROOT / "tests" / "artifacts" / "verify_broken_cases.txt"
 COOKIE_KEY = "verify-test-cookie-key-0123456789"
@@ -240,37 +239,20 @@ def test_an_unreachable_database_fails_one_check_and_skips_the_rest(cfg):
 # --- the HTTP API and the dashboard ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def api_server(pg18):
     """The real admin API (cachelib.api) served by uvicorn, with a viewer key."""
-    import uvicorn
-
     from cachelib import apikeys
-    from cachelib.api import FailureThrottle, create_app
 
     url = pg18.fresh_database("verify_api")
     database = Database(url, Settings.from_env({}))
     key = apikeys.create_key("verify-check", "viewer", database)
-    app = create_app(database, metrics_key_required=False, throttle=FailureThrottle(base_delay=0))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield url, f"http://127.0.0.1:{port}", key
+        with api_in_thread(database) as base:
+            yield url, base, key
     finally:
-        server.should_exit = True
-        thread.join(10)
         database.close()
 
 

@@ -66,6 +66,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
 #variable_conflict use_column
 DECLARE
   v_now timestamptz := cache_private.cache_now();
+  v_order text;
 BEGIN
   IF p_limit IS NULL OR p_limit < 1 OR p_limit > 10000 THEN
     RAISE EXCEPTION 'p_limit must be from 1 to 10000, got %', COALESCE(p_limit::text, 'NULL') USING ERRCODE = '22023';
@@ -81,24 +82,30 @@ BEGIN
     RAISE EXCEPTION 'p_search must be at most 200 characters' USING ERRCODE = '22023';
   END IF;
   PERFORM cache_private.try_rollup();
-  RETURN QUERY
-  SELECT q.cache_key, q.cache_name, q.hit_count, q.size_bytes, q.created_at, q.expires_at,
-         EXTRACT(epoch FROM v_now - q.created_at)::double precision,
-         EXTRACT(epoch FROM q.expires_at - v_now)::double precision,
-         q.compute_ms, q.hit_count * q.compute_ms, q.last_hit_at
-  FROM public.query_cache q
-  WHERE q.data IS NOT NULL
-    AND (p_cache_name IS NULL OR q.cache_name = p_cache_name)
-    -- strpos, not LIKE: a search for "%" or "_" means those characters.
-    AND (p_search IS NULL OR pg_catalog.strpos(pg_catalog.lower(q.cache_key), pg_catalog.lower(p_search)) > 0)
-  ORDER BY
-    CASE p_order_by WHEN 'hits' THEN q.hit_count::double precision
-                    WHEN 'size' THEN q.size_bytes::double precision
-                    WHEN 'compute' THEN q.compute_ms
-                    WHEN 'saved' THEN q.hit_count * q.compute_ms END DESC NULLS LAST,
-    CASE p_order_by WHEN 'age' THEN q.created_at WHEN 'expires' THEN q.expires_at END ASC NULLS LAST,
-    q.cache_key
-  LIMIT p_limit;
+  -- The order is one of the whitelisted column expressions above, spliced in so the
+  -- planner can use an index (expires, key) or a plain top-N sort; the derived
+  -- columns are computed for the returned rows only.
+  v_order := CASE p_order_by
+    WHEN 'hits' THEN 'q.hit_count DESC' WHEN 'size' THEN 'q.size_bytes DESC'
+    WHEN 'compute' THEN 'q.compute_ms DESC' WHEN 'saved' THEN 'q.hit_count * q.compute_ms DESC'
+    WHEN 'age' THEN 'q.created_at' WHEN 'expires' THEN 'q.expires_at' ELSE 'q.cache_key' END;
+  RETURN QUERY EXECUTE pg_catalog.format($q$
+    SELECT t.cache_key, t.cache_name, t.hit_count, t.size_bytes, t.created_at, t.expires_at,
+           EXTRACT(epoch FROM $4 - t.created_at)::double precision,
+           EXTRACT(epoch FROM t.expires_at - $4)::double precision,
+           t.compute_ms, t.hit_count * t.compute_ms, t.last_hit_at
+    FROM (
+      SELECT q.cache_key, q.cache_name, q.hit_count, q.size_bytes, q.created_at, q.expires_at, q.compute_ms,
+             q.last_hit_at
+      FROM public.query_cache q
+      WHERE q.data IS NOT NULL
+        AND ($1::text IS NULL OR q.cache_name = $1)
+        -- strpos, not LIKE: a search for "%%" or "_" means those characters.
+        AND ($2::text IS NULL OR pg_catalog.strpos(pg_catalog.lower(q.cache_key), pg_catalog.lower($2)) > 0)
+      ORDER BY %s, q.cache_key
+      LIMIT $3) t
+    ORDER BY %s, t.cache_key$q$, v_order, pg_catalog.replace(v_order, 'q.', 't.'))
+  USING p_cache_name, p_search, p_limit, v_now;
 END
 $$;
 COMMENT ON FUNCTION public.get_top_cache_entries(integer, text, text, text) IS
@@ -162,18 +169,18 @@ COMMENT ON FUNCTION public.get_cache_load_reduction_series(integer, text) IS
 CREATE FUNCTION public.get_cache_size_distribution()
 RETURNS TABLE (size_class text, lower_bytes bigint, entries bigint, total_bytes bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
-  WITH classes(size_class, lower_bytes, upper_bytes) AS (VALUES
-    ('under 1 KB', 0::bigint, 1024::bigint),
-    ('1-10 KB', 1024, 10240),
-    ('10-100 KB', 10240, 102400),
-    ('100 KB-1 MB', 102400, 1048576),
-    ('1-10 MB', 1048576, 10485760),
-    ('over 10 MB', 10485760, NULL))
-  SELECT c.size_class, c.lower_bytes, count(q.cache_key), COALESCE(sum(q.size_bytes), 0)::bigint
-  FROM classes c
-  LEFT JOIN public.query_cache q
-    ON q.data IS NOT NULL AND q.size_bytes >= c.lower_bytes AND (c.upper_bytes IS NULL OR q.size_bytes < c.upper_bytes)
-  GROUP BY c.size_class, c.lower_bytes
+  WITH classes(position, size_class, lower_bytes) AS (VALUES
+    (0, 'under 1 KB', 0::bigint), (1, '1-10 KB', 1024), (2, '10-100 KB', 10240),
+    (3, '100 KB-1 MB', 102400), (4, '1-10 MB', 1048576), (5, 'over 10 MB', 10485760)
+  ), counted AS (  -- one pass over the entries
+    SELECT CASE WHEN size_bytes < 1024 THEN 0 WHEN size_bytes < 10240 THEN 1 WHEN size_bytes < 102400 THEN 2
+                WHEN size_bytes < 1048576 THEN 3 WHEN size_bytes < 10485760 THEN 4 ELSE 5 END AS position,
+           count(*) AS entries, sum(size_bytes)::bigint AS total_bytes
+    FROM public.query_cache WHERE data IS NOT NULL
+    GROUP BY 1
+  )
+  SELECT c.size_class, c.lower_bytes, COALESCE(n.entries, 0), COALESCE(n.total_bytes, 0)
+  FROM classes c LEFT JOIN counted n USING (position)
   ORDER BY c.lower_bytes
 $$;
 COMMENT ON FUNCTION public.get_cache_size_distribution() IS
