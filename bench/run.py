@@ -470,6 +470,20 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
+def markdown_table(info: dict) -> str:
+    """The results as the README shows them."""
+    lines = [f"Measured by `make bench` on {info['cores']} cores, PostgreSQL {info['postgresql']}, "
+             f"Python {info['python']} ({info['seconds']} s in all).", "",
+             "| section | figure | value | baseline | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        baseline = f"{r['baseline']:,} ({r['baseline_name']})" if r["baseline"] is not None else ""
+        goal = f"{r['goal_direction']} {r['goal']}" if r["goal"] is not None else ""
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        value = f"{r['value']:,} {r['unit']}"
+        lines.append(f"| {r['section']} | {r['figure']} | {value} | {baseline} | {r['ratio'] or ''} | {goal} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))
@@ -490,6 +504,7 @@ def main():
     info["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.write_text(json.dumps({"machine": info, "command": "make bench", "results": results}, indent=2,
                                   default=str) + "\n")
+    (ROOT / "bench" / "results.md").write_text(markdown_table(info))
     missed = [r["figure"] for r in results if r["met"] is False]
     print(f"\nwrote {RESULTS.relative_to(ROOT)} in {info['seconds']} s; goals missed: {missed or 'none'}")
 
