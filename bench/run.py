@@ -502,11 +502,14 @@ def main():
     for name in chosen:
         SECTIONS[name](url)
     info["seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS.write_text(json.dumps({"machine": info, "command": "make bench", "results": results}, indent=2,
-                                  default=str) + "\n")
-    (ROOT / "bench" / "results.md").write_text(markdown_table(info))
+    # A partial run (--only) must not replace the full table the README shows.
+    target = RESULTS if not args.only else RESULTS.with_name("results-partial.json")
+    target.write_text(json.dumps({"machine": info, "command": "make bench", "results": results}, indent=2,
+                                 default=str) + "\n")
+    if not args.only:
+        (ROOT / "bench" / "results.md").write_text(markdown_table(info))
     missed = [r["figure"] for r in results if r["met"] is False]
-    print(f"\nwrote {RESULTS.relative_to(ROOT)} in {info['seconds']} s; goals missed: {missed or 'none'}")
+    print(f"\nwrote {target.relative_to(ROOT)} in {info['seconds']} s; goals missed: {missed or 'none'}")
 
 
 if __name__ == "__main__":

@@ -110,4 +110,4 @@ with ui.guard("the configuration"):
     configuration()
 ui.live(cache_state)
 with ui.guard("the controls"):
-    controls(list(ui.read("overview")["cache_name"]))
+    controls(ui.read("cache_names"))

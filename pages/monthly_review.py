@@ -169,6 +169,7 @@ def review(month: date, now: datetime) -> pd.DataFrame:
 
 
 with ui.guard("the monthly review"):
+    ui.prefetch("deployment", "health", "target_status", ("top_entries", {"limit": 10, "order_by": "saved"}))
     deployment = ui.read("deployment")
     now = deployment.now.astimezone(UTC)
     first = max(deployment.deployed_at.astimezone(UTC).date(), now.date() - timedelta(days=MAX_DAYS - 1))

@@ -14,6 +14,7 @@ ui.page_header("Cache Overview", "Entries, hit rates, load reduction and the dep
 
 def kpis() -> None:
     """the cache KPIs"""
+    ui.prefetch("overview", "health", "guide_overview")
     overview = ui.numeric(ui.read("overview"), "avg_hits", "hit_rate_today", "hit_rate_7d", "hit_rate_30d",
                           "load_reduction_30d")
     health = ui.read("health")

@@ -46,7 +46,7 @@ with ui.guard("the controls"):
     default_start = max(first_day, today - timedelta(days=29))
     picked = controls[1].date_input("Date range (UTC)", value=(default_start, today), min_value=min(first_day,
                                     default_start), max_value=today, key="perf_range")
-    cache_names = list(ui.read("overview")["cache_name"])
+    cache_names = ui.read("cache_names")
     chosen = controls[2].multiselect("Caches", cache_names, default=cache_names, key="perf_caches",
                                      format_func=ui.cache_label)
 

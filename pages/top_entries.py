@@ -18,7 +18,7 @@ ORDER_LABELS = {
 TABLE_KEY = "top_entries_table"
 
 with ui.guard("the filters"):
-    cache_names = list(ui.read("overview")["cache_name"])
+    cache_names = ui.read("cache_names")
     controls = st.columns([3, 2, 2, 1])
     search = controls[0].text_input("Search keys", key="top_search", max_chars=200,
                                     placeholder="e.g. expert_sessions:42").strip()
