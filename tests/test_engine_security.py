@@ -241,6 +241,9 @@ def mallory(pg_url, su):
         conn.execute(HIJACK)
         conn.execute("SET search_path = evil, pg_catalog, public")
         yield conn
+        # Drop mallory's temp tables now: a backend drops them on exit only after a
+        # moment, and DROP ROLE below would race with that.
+        conn.execute("DISCARD TEMP")
     su.execute("DROP SCHEMA evil CASCADE")
     su.execute(f'REVOKE ALL ON DATABASE "{dbname}" FROM mallory')
     su.execute("DROP ROLE mallory")
