@@ -36,6 +36,12 @@ def fallbacks_recorded(url):
         return conn.execute("SELECT COALESCE(sum(fallbacks), 0) FROM cache_private.cache_stats_hourly").fetchone()[0]
 
 
+def health_of_fallbacks(url):
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT status FROM public.analyze_cache_health() WHERE check_name = 'fallbacks'"
+                            ).fetchone()[0]
+
+
 def cache_rows(url):
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT count(*) FROM public.query_cache WHERE data IS NOT NULL").fetchone()[0]
@@ -99,6 +105,7 @@ def test_a_broken_cache_falls_back_to_the_direct_query(fresh_url, breakage, capl
     assert manager.fallback_counts() == {"expert_sessions": 1}
     if breakage is not _break_cache_table:  # with the table gone the statistics survive elsewhere
         assert fallbacks_recorded(fresh_url) == 1
+        assert health_of_fallbacks(fresh_url) == "warning"
 
 
 def test_a_locked_cache_table_falls_back_instead_of_waiting(fresh_url):
@@ -110,6 +117,7 @@ def test_a_locked_cache_table_falls_back_instead_of_waiting(fresh_url):
         locker.rollback()
     assert manager.fallback_counts() == {"product_performance": 1}
     assert fallbacks_recorded(fresh_url) == 1
+    assert health_of_fallbacks(fresh_url) == "warning"
 
 
 def test_a_computation_held_elsewhere_times_out_into_the_fallback(fresh_url):
