@@ -11,6 +11,7 @@ help:
 	@echo "make run    - set up everything and open the dashboard on http://localhost:$(PORT)"
 	@echo "make test   - run the whole test suite"
 	@echo "make api    - start the admin HTTP API on http://127.0.0.1:$(API_PORT)"
+	@echo "make bench  - measure the cache against its baselines (full-scale demo; a few minutes)"
 	@echo "make lint   - ruff"
 
 $(VENV)/.installed: requirements.txt
