@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -46,6 +44,7 @@ from cachelib import apikeys, queries
 from cachelib.config import parse_boolean
 from cachelib.db import Database, get_database
 from cachelib.errors import CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
+from cachelib.jsonsafe import plain
 from cachelib.maintenance import ACTIONS, EMERGENCY_TOKEN, SEVERITY, Actor, Maintenance, actions_for
 
 log = logging.getLogger("cachelib.api")
@@ -191,36 +190,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 # --- JSON from DataFrames --------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-safe copy: Decimal to float, times to ISO text, NaN/NaT/NA to null."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Decimal):
-        value = float(value)
-    if isinstance(value, (datetime, date)):
-        return None if pd.isna(value) else value.isoformat()
-    if isinstance(value, pd.Timedelta):
-        return None if pd.isna(value) else value.total_seconds()
-    if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy scalars
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, int):
-        return value
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
-
-
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [_plain(row) for row in frame.to_dict(orient="records")]
+    return [plain(row) for row in frame.to_dict(orient="records")]
 
 
 def _now_iso() -> str:
@@ -242,7 +213,7 @@ def metrics_report(database: Database) -> dict[str, Any]:
     info = queries.deployment(database)
     return {
         "generated_at": _now_iso(),
-        "deployment": _plain({"deployed_at": info.deployed_at, "source": info.source, "demo_data": info.demo_data,
+        "deployment": plain({"deployed_at": info.deployed_at, "source": info.source, "demo_data": info.demo_data,
                               "database_now": info.now}),
         "caches": caches,
         "hit_rates": hit_rates,

@@ -19,6 +19,7 @@ import psycopg
 
 from cachelib.db import Database, get_database, translated_errors
 from cachelib.errors import ConfirmationRequired, InvalidInput, PermissionDenied
+from cachelib.jsonsafe import plain
 
 EMERGENCY_TOKEN = "EMERGENCY_CLEAR_CONFIRMED"
 Role = Literal["admin", "viewer"]
@@ -177,7 +178,7 @@ class Maintenance:
             with conn.transaction():
                 _identify(conn, actor)
                 message, details = run(conn)
-        return ActionResult(action, True, message, _plain(details), round((time.perf_counter() - started) * 1000, 2))
+        return ActionResult(action, True, message, plain(details), round((time.perf_counter() - started) * 1000, 2))
 
     def _refuse(self, actor: Actor, action: str, params: dict, why: str) -> None:
         try:
@@ -222,16 +223,3 @@ SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
 
 def _worst(statuses) -> str:
     return max(statuses, key=lambda s: SEVERITY.get(s, 0), default="ok")
-
-
-def _plain(value):
-    """JSON-friendly copy (datetimes and decimals as text/numbers) for the API and CLI."""
-    return json.loads(json.dumps(value, default=_encode))
-
-
-def _encode(value):
-    from decimal import Decimal
-
-    if isinstance(value, Decimal):
-        return float(value)
-    return str(value)
