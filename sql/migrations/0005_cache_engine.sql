@@ -56,7 +56,9 @@ BEGIN
 END
 $$;
 
--- The hit path is written out inline (one statement to read, one to count) and
+-- The hit path is written out inline (one statement to read, one to count; the
+-- same read and count as cache_private.read_live, which the miss path uses after
+-- waiting: change them together) and
 -- this function carries no SET clause: a hit is the hot path, and every nested
 -- call or GUC swap costs microseconds per call. It is only ever called from the
 -- SECURITY DEFINER wrappers below, which pin search_path; every name here is
