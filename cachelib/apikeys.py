@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import time
@@ -29,7 +28,7 @@ from psycopg import errors as pg_errors
 
 from cachelib.db import Database, get_database, translated_errors
 from cachelib.errors import InvalidInput, MigrationError
-from cachelib.maintenance import ROLES, Actor
+from cachelib.maintenance import ROLES, Actor, identify, write_audit
 
 KEY_PATTERN = re.compile(r"^pgc_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -68,26 +67,14 @@ def _connection(database: Database | None) -> Iterator[psycopg.Connection]:
                              "apply the migrations first: python -m cachelib migrate") from None
 
 
-def _identify(conn: psycopg.Connection, actor: Actor | None) -> None:
-    if actor is not None:
-        conn.execute("SELECT set_config('cachelib.actor', %s, true), set_config('cachelib.actor_role', %s, true)",
-                     (actor.label, actor.role))
-
-
-def _write_audit(conn: psycopg.Connection, action: str, params: dict, outcome: str, result: dict,
-                 duration_ms: float = 0.0) -> None:
-    conn.execute("SELECT cache_private.write_audit(%s, %s::jsonb, %s, %s::jsonb, %s)",
-                 (action, json.dumps(params, default=str), outcome, json.dumps(result, default=str), duration_ms))
-
-
 def audit(actor: Actor | None, action: str, params: dict | None = None, outcome: str = "ok",
           result: dict | None = None, duration_ms: float = 0.0, database: Database | None = None) -> None:
     """Write one audit row (cache_private.write_audit) as ``actor``; outcome is ok, refused or error."""
     if outcome not in ("ok", "refused", "error"):
         raise InvalidInput(f"audit outcome must be ok, refused or error; got {outcome!r}")
     with _connection(database) as conn, conn.transaction():
-        _identify(conn, actor)
-        _write_audit(conn, action, params or {}, outcome, result or {}, duration_ms)
+        identify(conn, actor)
+        write_audit(conn, action, params or {}, outcome, result or {}, duration_ms)
 
 
 def create_key(name: str, role: str, database: Database | None = None, actor: Actor | None = None) -> str:
@@ -99,10 +86,10 @@ def create_key(name: str, role: str, database: Database | None = None, actor: Ac
         key = f"pgc_{prefix}_{secrets.token_urlsafe(32)}"
         try:
             with _connection(database) as conn, conn.transaction():
-                _identify(conn, actor)
+                identify(conn, actor)
                 conn.execute("INSERT INTO cache_private.api_keys (name, role, key_hash, key_prefix) "
                              "VALUES (%s, %s, %s, %s)", (name, role, _hash(key), prefix))
-                _write_audit(conn, "api_key_create", {"name": name, "role": role}, "ok", {"key_prefix": prefix})
+                write_audit(conn, "api_key_create", {"name": name, "role": role}, "ok", {"key_prefix": prefix})
             return key
         except pg_errors.UniqueViolation as exc:
             if exc.diag.constraint_name == "api_keys_name_key":
@@ -116,7 +103,7 @@ def revoke_key(name: str, database: Database | None = None, actor: Actor | None 
     """Revoke the key called ``name``; it stops working at once. InvalidInput if there is no active such key."""
     _check_name(name)
     with _connection(database) as conn, conn.transaction():
-        _identify(conn, actor)
+        identify(conn, actor)
         row = conn.execute("SELECT revoked_at FROM cache_private.api_keys WHERE name = %s FOR UPDATE",
                            (name,)).fetchone()
         if row is None:
@@ -124,7 +111,7 @@ def revoke_key(name: str, database: Database | None = None, actor: Actor | None 
         if row[0] is not None:
             raise InvalidInput(f"the API key {name!r} was already revoked at {row[0]:%Y-%m-%d %H:%M:%S %Z}")
         conn.execute("UPDATE cache_private.api_keys SET revoked_at = pg_catalog.now() WHERE name = %s", (name,))
-        _write_audit(conn, "api_key_revoke", {"name": name}, "ok", {})
+        write_audit(conn, "api_key_revoke", {"name": name}, "ok", {})
 
 
 def list_keys(database: Database | None = None) -> list[dict[str, Any]]:
@@ -158,8 +145,8 @@ def authenticate(key: str | None, database: Database | None = None) -> Actor | N
         actor = Actor(name=name, role=role, via="api")
         if revoked_at is not None:
             with conn.transaction():
-                _identify(conn, actor)
-                _write_audit(conn, "api_auth", {}, "refused", {"reason": "key revoked",
+                identify(conn, actor)
+                write_audit(conn, "api_auth", {}, "refused", {"reason": "key revoked",
                                                                 "revoked_at": _iso(revoked_at)})
             return None
         conn.execute("""UPDATE cache_private.api_keys SET last_used_at = pg_catalog.now()

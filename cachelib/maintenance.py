@@ -176,28 +176,34 @@ class Maintenance:
         started = time.perf_counter()
         with translated_errors(self.database.url), self.database.connection() as conn:
             with conn.transaction():
-                _identify(conn, actor)
+                identify(conn, actor)
                 message, details = run(conn)
         return ActionResult(action, True, message, plain(details), round((time.perf_counter() - started) * 1000, 2))
 
     def _refuse(self, actor: Actor, action: str, params: dict, why: str) -> None:
         try:
             with self.database.connection() as conn, conn.transaction():
-                _identify(conn, actor)
+                identify(conn, actor)
                 self._audit(conn, action, params, "refused", {"reason": why})
         except psycopg.Error:
             pass  # the refusal stands even if it cannot be written down
 
     @staticmethod
     def _audit(conn, action: str, params: dict, outcome: str, result: dict) -> None:
-        conn.execute("SELECT cache_private.write_audit(%s, %s::jsonb, %s, %s::jsonb, 0)",
-                     (action, json.dumps(params, default=str), outcome, json.dumps(result, default=str)))
+        write_audit(conn, action, params, outcome, result)
 
 
-def _identify(conn, actor: Actor) -> None:
-    """Tell the SQL audit who is acting, for this transaction only."""
-    conn.execute("SELECT set_config('cachelib.actor', %s, true), set_config('cachelib.actor_role', %s, true)",
-                 (actor.label, actor.role))
+def identify(conn, actor: Actor | None) -> None:
+    """Tell the SQL audit who is acting, for this transaction only (no actor: the database user)."""
+    if actor is not None:
+        conn.execute("SELECT set_config('cachelib.actor', %s, true), set_config('cachelib.actor_role', %s, true)",
+                     (actor.label, actor.role))
+
+
+def write_audit(conn, action: str, params: dict, outcome: str, result: dict, duration_ms: float = 0.0) -> None:
+    """One audit row through cache_private.write_audit, as whoever ``identify`` named."""
+    conn.execute("SELECT cache_private.write_audit(%s, %s::jsonb, %s, %s::jsonb, %s)",
+                 (action, json.dumps(params, default=str), outcome, json.dumps(result, default=str), duration_ms))
 
 
 def _row(conn, sql: str) -> dict:
