@@ -472,21 +472,35 @@ def _grants_checks(conn) -> list[Check]:
     return checks
 
 
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
+
+
 def _search_path_check(conn) -> Check:
+    """SECURITY DEFINER functions must pin pg_catalog first and pg_temp last: with any other path
+    (an empty one included) PostgreSQL searches the caller's pg_temp first for types and tables."""
     name, group = "search_path pinned", "database"
     rows = conn.execute(
         """SELECT format('%I.%I(%s)', n.nspname, p.proname, oidvectortypes(p.proargtypes)),
-                  EXISTS (SELECT 1 FROM unnest(COALESCE(p.proconfig, '{}')) c WHERE c LIKE 'search_path=%')
+                  (SELECT substr(c, length('search_path=') + 1) FROM unnest(COALESCE(p.proconfig, '{}')) c
+                   WHERE c LIKE 'search_path=%' LIMIT 1)
            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
            WHERE p.prosecdef AND n.nspname IN ('public', 'cache_private')
              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
                              AND d.objid = p.oid AND d.deptype = 'e')
            ORDER BY 1""").fetchall()
-    unpinned = [r[0] for r in rows if not r[1]]
-    if unpinned:
-        return Check(name, group, "fail", f"SECURITY DEFINER without a pinned search_path: {', '.join(unpinned)}",
-                     " ".join(f"ALTER FUNCTION {f} SET search_path = '';" for f in unpinned))
-    return Check(name, group, "pass", f"all {len(rows)} SECURITY DEFINER functions in public and cache_private")
+    unpinned = [function for function, path in rows if path is None]
+    unsafe = [function for function, path in rows if path is not None and path != SAFE_SEARCH_PATH]
+    if unpinned or unsafe:
+        problems = []
+        if unpinned:
+            problems.append(f"SECURITY DEFINER without a pinned search_path: {', '.join(unpinned)}")
+        if unsafe:
+            problems.append(f"search_path other than {SAFE_SEARCH_PATH} (the caller's temporary types would "
+                            f"come first): {', '.join(unsafe)}")
+        return Check(name, group, "fail", "; ".join(problems),
+                     " ".join(f"ALTER FUNCTION {f} SET search_path = {SAFE_SEARCH_PATH};" for f in unpinned + unsafe))
+    return Check(name, group, "pass", f"all {len(rows)} SECURITY DEFINER functions in public and cache_private "
+                                      f"pin {SAFE_SEARCH_PATH}")
 
 
 # --- operations ------------------------------------------------------------------------

@@ -180,6 +180,12 @@ BROKEN = {
         "✗ database: search_path pinned — SECURITY DEFINER without a pinned search_path: "
         "public.analyze_cache_health()",
         True),
+    "search_path emptied": (
+        "ALTER FUNCTION public.get_product_performance_cached(bigint, interval) SET search_path = ''",
+        "search_path pinned",
+        "✗ database: search_path pinned — search_path other than pg_catalog, pg_temp (the caller's temporary "
+        "types would come first): public.get_product_performance_cached(bigint, interval)",
+        True),
 }
 
 
