@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import bcrypt
 import httpx
@@ -235,12 +236,82 @@ def test_the_credentials_command_creates_a_private_file_and_no_demo_rows(db_url,
         assert conn.execute("SELECT count(*) FROM public.expert_sessions").fetchone()[0] == sessions_before
 
 
-def test_the_partitioning_sql_is_valid(db_url):
+def partitioning_sql() -> str:
     blocks = fenced_blocks(DOC.read_text(encoding="utf-8"))
-    sql = next("\n".join(body) for language, _, body in blocks
-               if language == "sql" and "PARTITION BY" in "\n".join(body))
-    with psycopg.connect(db_url) as conn:  # run it, then roll it back
-        conn.execute(sql)
-        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'cache_private.cache_stats_hourly'::regclass"
-                            ).fetchone()[0] == "p"
+    return next("\n".join(body) for language, _, body in blocks
+                if language == "sql" and "PARTITION BY" in "\n".join(body))
+
+
+def edge_hours(now: datetime, retention_days: int) -> tuple[dict[str, datetime], dict[str, datetime]]:
+    """Hours a monthly partitioning gets wrong first: ({inside the kept window}, {outside it}), in UTC."""
+    hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    month = hour.replace(day=1, hour=0)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    edge = (now.astimezone(UTC) - timedelta(days=retention_days)).replace(minute=0, second=0, microsecond=0)
+    inside = {"the current hour": hour, "the last hour of last month": month - timedelta(hours=1),
+              "the first hour of this month": month, "the last hour of this month": next_month - timedelta(hours=1),
+              "the first hour of next month": next_month, "the retention edge": edge}
+    # Rows the roll-up has not purged yet, and a clock moved forward (the demo and tests move it).
+    outside = {"40 days before the retention edge": edge - timedelta(days=40),
+               "a year ahead": (month + timedelta(days=366)).replace(day=1) + timedelta(hours=5)}
+    return inside, outside
+
+
+STATS_TOTALS = "SELECT count(*), COALESCE(sum(hits), 0) FROM cache_private.cache_stats_hourly"
+PARENT = "'cache_private.cache_stats_hourly'::regclass"
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Pacific/Kiritimati", "America/Adak"])
+def test_the_partitioning_sql_keeps_every_row_in_its_utc_month(pg_url, timezone):
+    with psycopg.connect(pg_url) as conn:  # run it, then roll it back
+        conn.execute("SELECT set_config('TimeZone', %s, false)", [timezone])
+        now, retention_days = conn.execute(
+            "SELECT now(), value::int FROM cache_private.settings WHERE name = 'stats_retention_days'").fetchone()
+        inside, outside = edge_hours(now, retention_days)
+        for number, (cache, bucket) in enumerate(
+                (cache, bucket) for bucket in (*inside.values(), *outside.values())
+                for cache in ("expert_sessions", "product_performance")):
+            conn.execute("""INSERT INTO cache_private.cache_stats_hourly (cache_name, bucket, hits, misses, fallbacks,
+                              hit_ms_total, miss_ms_total, compute_ms_spent, compute_ms_saved)
+                            VALUES (%s, %s, %s, 2, 1, 3.5, 7.25, 40, 90) ON CONFLICT DO NOTHING""",
+                         [cache, bucket, 1000 + number])
+        before = conn.execute(STATS_TOTALS).fetchone()
+
+        conn.execute(partitioning_sql())
+
+        assert conn.execute(f"SELECT relkind FROM pg_class WHERE oid = {PARENT}").fetchone()[0] == "p"
+        assert conn.execute(STATS_TOTALS).fetchone() == before, "rows were lost or doubled"
+        default = conn.execute(f"SELECT partdefid FROM pg_partitioned_table WHERE partrelid = {PARENT}").fetchone()[0]
+        assert default, "no DEFAULT partition"
+        placed = dict(conn.execute(
+            "SELECT bucket, tableoid FROM cache_private.cache_stats_hourly WHERE bucket = ANY (%s)",
+            [list(inside.values()) + list(outside.values())]).fetchall())
+        in_default = [name for name, bucket in inside.items() if placed[bucket] == default]
+        assert not in_default, f"in the DEFAULT partition: {in_default}"
+        # A partition bounded by local instead of UTC midnight mixes two UTC months at the boundary.
+        mixed = conn.execute("""SELECT tableoid::regclass::text FROM cache_private.cache_stats_hourly
+                                WHERE tableoid <> %s GROUP BY tableoid
+                                HAVING count(DISTINCT date_trunc('month', bucket, 'UTC')) > 1""", [default]).fetchall()
+        assert not mixed, f"partitions holding more than one UTC month: {mixed}"
+
+        assert conn.execute(f"SELECT relrowsecurity FROM pg_class WHERE oid = {PARENT}").fetchone()[0]
+        exposed = conn.execute(f"""
+            SELECT r.rolname, t.relid::regclass::text FROM pg_partition_tree({PARENT}) t,
+                   pg_roles r WHERE r.rolname IN ('anon', 'authenticated', 'service_role', 'cache_admin')
+              AND has_table_privilege(r.oid, t.relid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')""").fetchall()
+        assert not exposed, f"granted: {exposed}"
+        definitions = [row[0] for row in conn.execute(
+            f"SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = {PARENT}")]
+        assert any(d.endswith("(cache_name, bucket)") for d in definitions), definitions
+        assert any(d.endswith("(bucket)") for d in definitions), definitions
+        assert conn.execute(f"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = {PARENT} "
+                            "AND contype = 'p'").fetchone()[0] == "PRIMARY KEY (cache_name, bucket)"
+
+        # The roll-up still writes into it.
+        hits = "SELECT hits FROM cache_private.cache_stats_hourly WHERE cache_name = 'expert_sessions' AND bucket = %s"
+        current = conn.execute(hits, [inside["the current hour"]]).fetchone()[0]
+        conn.execute("INSERT INTO cache_private.cache_events (event_at, cache_name, kind) "
+                     "VALUES (now(), 'expert_sessions', 'hit')")
+        conn.execute("SELECT cache_private.rollup_stats()")
+        assert conn.execute(hits, [inside["the current hour"]]).fetchone()[0] == current + 1
         conn.rollback()
