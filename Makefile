@@ -4,12 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 API_PORT ?= 8000
+STRESS_SECONDS ?= 25
 
-.PHONY: run test lint api bench setup clean-data help
+.PHONY: run test stress lint api bench setup clean-data help
 
 help:
 	@echo "make run    - set up everything and open the dashboard on http://localhost:$(PORT)"
 	@echo "make test   - run the whole test suite"
+	@echo "make stress - hunt stale reads: each maintenance action against readers and writers, $(STRESS_SECONDS) s each per server"
 	@echo "make api    - start the admin HTTP API on http://127.0.0.1:$(API_PORT)"
 	@echo "make bench  - measure the cache against its baselines (full-scale demo; a few minutes)"
 	@echo "make lint   - ruff"
@@ -28,6 +30,12 @@ run: setup
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# The table is printed whether or not the tests pass; the exit status is pytest's.
+stress: $(VENV)/.installed
+	@rm -f tests/artifacts/stress.json
+	@CACHELIB_STRESS_SECONDS=$(STRESS_SECONDS) $(PY) -m pytest tests/test_stress.py; status=$$?; \
+	  $(PY) -m tests.test_stress; exit $$status
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -352,6 +352,12 @@ DECLARE
   v_waited boolean := false;
 BEGIN
   claimed := false;
+  -- A transaction that already holds row locks (it has a transaction id: it claimed
+  -- another key or wrote something) must not wait for another one: two such
+  -- transactions waiting for each other's keys would deadlock.
+  IF pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL THEN
+    RETURN;
+  END IF;
   IF EXISTS (SELECT 1 FROM cache_private.busy_keys b
              WHERE b.cache_key = p_cache_key AND b.noted_at > pg_catalog.clock_timestamp() - interval '1 minute') THEN
     RETURN;  -- its holder kept someone waiting the whole timeout a moment ago: do not wait again
@@ -375,6 +381,8 @@ BEGIN
       NULL;
     WHEN lock_not_available THEN
       INSERT INTO cache_private.busy_keys (cache_key, noted_at) VALUES (p_cache_key, pg_catalog.clock_timestamp());
+    WHEN deadlock_detected THEN
+      NULL;  -- not expected (see above), but never worth failing the caller's call for
   END;
   PERFORM pg_catalog.set_config('lock_timeout', v_caller_lock_timeout, true);
   IF v_waited THEN
