@@ -762,6 +762,60 @@ def test_truncate_invalidates_the_whole_cache(c):
     assert len(live_keys(c)) == 4
 
 
+# --- the hit path's quick proof and the precise rule (cache_private.entry_is_current) ------------
+
+def test_an_entry_the_quick_proof_cannot_clear_is_still_served_when_current(c, pg_url):
+    """The hit path first asks whether every invalidation of the key is older than the oldest
+    transaction the entry's snapshot could not see. An open transaction holds that bound back, so a
+    write that committed before the computation still fails the quick proof: the precise rule then
+    serves the entry (a hit, not a recomputation)."""
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute("SELECT pg_current_xact_id()")  # an old transaction, open the whole time
+        add_session(c, 21)  # committed before the computation below, but newer than the blocker
+        first, how = call(c, "expert", 21, "1 hour")
+        assert how == "miss"
+        quick = val(c, """SELECT NOT EXISTS (SELECT 1 FROM cache_private.invalidations i
+                                              WHERE i.cache_key = q.cache_key AND i.writer_xid >= q.computed_xmin)
+                          FROM public.query_cache q WHERE q.cache_key = 'expert_sessions:21'""")
+        precise = val(c, """SELECT cache_private.entry_is_current(q.cache_name, q.cache_key, q.computed_snapshot)
+                            FROM public.query_cache q WHERE q.cache_key = 'expert_sessions:21'""")
+        assert (quick, precise) == (False, True)
+        assert call(c, "expert", 21, "1 hour") == (first, "hit")
+        add_session(c, 21)  # and once a writer commits after it, neither rule serves it
+        second, how = call(c, "expert", 21, "1 hour")
+        assert how == "miss" and second[0]["session_count"] == first[0]["session_count"] + 1
+        blocker.rollback()
+
+
+def test_the_quick_proof_never_clears_an_entry_the_precise_rule_rejects(c, pg_url):
+    """After a mixed workload with an old transaction open part of the time, every entry the hit path
+    would serve without the precise rule is also current by it."""
+    with psycopg.connect(pg_url) as blocker:
+        for round_ in range(3):
+            if round_ == 1:
+                blocker.execute("SELECT pg_current_xact_id()")
+            for ident in (None, 1, 2, 3, 4):
+                call(c, "expert", ident, "1 hour")
+                call(c, "product", ident, "1 hour")
+            add_session(c, 1 + round_)
+            c.execute("INSERT INTO public.orders (product_id, quantity, unit_price, ordered_at) "
+                      "VALUES (%s, 1, 10, now())", [2 + round_])
+            if round_ == 1:
+                c.execute("SELECT public.cleanup_expired_cache()")  # prunes, leaves the horizon marker
+        blocker.rollback()
+    verdicts = rows(c, """
+        SELECT q.cache_key,
+               NOT EXISTS (SELECT 1 FROM cache_private.invalidations i
+                           WHERE i.cache_key = q.cache_key AND i.writer_xid >= q.computed_xmin)
+               AND NOT EXISTS (SELECT 1 FROM cache_private.invalidations i
+                               WHERE i.cache_key = q.cache_name AND i.writer_xid >= q.computed_xmin) AS quick,
+               cache_private.entry_is_current(q.cache_name, q.cache_key, q.computed_snapshot) AS precise
+        FROM public.query_cache q WHERE q.data IS NOT NULL""")
+    assert len(verdicts) >= 8
+    assert [key for key, quick, precise in verdicts if quick and not precise] == []
+    assert any(quick for _, quick, _ in verdicts) and any(not precise for _, _, precise in verdicts)
+
+
 def test_a_failed_computation_leaves_nothing_behind(c):
     with pytest.raises(psycopg.Error) as err:
         c.execute("SELECT public.get_expert_sessions_with_stats_cached(-1, '5 minutes')")

@@ -10,8 +10,8 @@
 --   (pg_temp.evil(VALUE)) ran the caller's function as the owner wherever a body
 --   wrote a type name unqualified. Every function now pins
 --   search_path = pg_catalog, pg_temp (pg_temp named last is searched last;
---   functions and operators are never looked up there), and the two functions that
---   carry no SET clause for speed qualify every type name.
+--   functions and operators are never looked up there), and the clock, which carries
+--   no SET clause so that it can be inlined, qualifies every type name.
 -- * The movable clock (cachelib.now) and the acting user (cachelib.actor,
 --   cachelib.actor_role) are honoured only in sessions of the owner: anyone else
 --   gets the real time and is recorded as the database user they logged in as.
@@ -72,8 +72,8 @@ $$;
 -- --- pin every function's search_path ----------------------------------------------------------
 
 -- Every function of ours that sets a search_path gets pg_catalog first and pg_temp
--- last. The functions without a SET clause (the hit path and the clock) qualify
--- every name instead; tests/test_engine_security.py lists them.
+-- last. The clock, which has no SET clause so that it can be inlined, qualifies every
+-- name instead; tests/test_engine_security.py checks that it is the only one.
 DO $$
 DECLARE
   f regprocedure;
