@@ -518,8 +518,10 @@ def api_cmd(host: str, port: int):
     from cachelib import api
 
     api.metrics_require_key()  # a bad API_METRICS_REQUIRE_KEY fails here, with its name, not at the first request
+    config.settings()  # and so does any other bad setting (TRUSTED_PROXIES), before uvicorn starts
     click.echo(f"pgcache-admin API on http://{host}:{port} (docs: http://{host}:{port}/docs)", err=True)
-    uvicorn.run("cachelib.api:create_app", factory=True, host=host, port=port, log_level="info")
+    uvicorn.run("cachelib.api:create_app", factory=True, host=host, port=port, log_level="info",
+                **api.SERVER_OPTIONS)
 
 
 def _api_key_actor():

@@ -7,15 +7,23 @@ Every route calls the same cachelib functions as the dashboard and the CLI
 Auth: ``Authorization: Bearer <key>`` (keys from ``python -m cachelib api-key
 create``). Missing, malformed, unknown or revoked key: 401. A viewer key may
 read; POST (maintenance) needs an admin key, else 403. Every use of a key is
-written to the audit log under the key's name. Clients that keep sending bad
-keys are slowed down (per client IP, doubling up to 2 s per attempt).
+written to the audit log under the key's name. Every key check first takes its
+turn in the shared failed-authentication throttle (cachelib/throttle.py, kept
+in PostgreSQL): a client address that keeps failing waits longer for each
+check, and gets 429 with Retry-After instead of waiting more than the cap.
 
-Errors: bad input 400 (unknown action, bad cache name, missing token), bad
-types/ranges 422, wrong method 405, database down 503; any other failure a
-generic 500 without details (the details go to the server log).
+The client address is the connecting address; X-Forwarded-For is believed only
+from TRUSTED_PROXIES. Serve the app with uvicorn's own proxy-header handling
+off (``SERVER_OPTIONS``; ``python -m cachelib api`` does), or uvicorn would
+rewrite the address from the header before we see it.
+
+Errors: bad input 400 (unknown action, bad cache name, missing token, any
+query parameter given twice), bad types/ranges 422, wrong method 405, too many
+failed keys 429, database down 503; any other failure a generic 500 without
+details (the details go to the server log).
 
 Settings: API_METRICS_REQUIRE_KEY (true/false, default false): whether
-GET /metrics (Prometheus) needs a key too.
+GET /metrics (Prometheus) needs a key too; TRUSTED_PROXIES.
 """
 
 from __future__ import annotations
@@ -23,10 +31,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,13 +45,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
+from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cachelib import apikeys, queries
-from cachelib.config import parse_boolean
+from cachelib.config import TrustedProxies, parse_boolean, settings
 from cachelib.db import Database, get_database
 from cachelib.errors import CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
 from cachelib.jsonsafe import plain
 from cachelib.maintenance import ACTIONS, EMERGENCY_TOKEN, SEVERITY, Actor, Maintenance, actions_for
+from cachelib.throttle import API, FailureThrottle, Throttled, address_subject, client_address
 
 log = logging.getLogger("cachelib.api")
 
@@ -83,49 +92,36 @@ def metrics_require_key(environ: Mapping[str, str] | None = None) -> bool:
                          or "false")
 
 
-# --- slowing down key guessing -----------------------------------------------
+# --- the request's edge: server options, repeated parameters --------------------------
+
+# How uvicorn must serve this app: never take the client's address from X-Forwarded-For itself
+# (by default it believes the header from 127.0.0.1, so any local process could pick its address).
+SERVER_OPTIONS: dict[str, Any] = {"proxy_headers": False, "forwarded_allow_ips": ""}
 
 
-@dataclass
-class FailureThrottle:
-    """Per-client-IP count of failed authentications; each failure beyond ``free_failures``
-    waits twice as long as the one before (``base_delay``, ... up to ``max_delay`` seconds).
-    A client's count is forgotten ``forget_after`` seconds after its last failure, or at
-    once when it authenticates successfully. At most ``max_clients`` IPs are remembered."""
+def repeated_parameters(query_string: bytes) -> list[tuple[str, int]]:
+    """Query parameters given more than once, with how often, as FastAPI would decode them."""
+    counts = Counter(name for name, _value in QueryParams(query_string).multi_items())
+    return sorted((name, count) for name, count in counts.items() if count > 1)
 
-    base_delay: float = 0.1
-    max_delay: float = 2.0
-    free_failures: int = 2
-    forget_after: float = 900.0
-    max_clients: int = 10_000
 
-    def __post_init__(self):
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+class RefuseRepeatedParameters:
+    """400 for any request that repeats a query parameter: which value counts must never be a guess
+    (``action=health_check&action=emergency_clear`` would otherwise run the last one)."""
 
-    def failures(self, client: str) -> int:
-        count, last = self._failures.get(client, (0, 0.0))
-        return count if time.monotonic() - last < self.forget_after else 0
+    def __init__(self, app: ASGIApp):
+        self.app = app
 
-    def delay_for(self, failures: int) -> float:
-        excess = failures - self.free_failures
-        if excess <= 0 or self.base_delay <= 0:
-            return 0.0
-        return min(self.max_delay, self.base_delay * 2 ** min(excess - 1, 30))
-
-    async def failed(self, client: str) -> float:
-        """Count one failure and wait as long as the count asks for; returns the wait."""
-        count = self.failures(client) + 1
-        self._failures[client] = (count, time.monotonic())
-        self._failures.move_to_end(client)
-        while len(self._failures) > self.max_clients:
-            self._failures.popitem(last=False)
-        delay = self.delay_for(count)
-        if delay:
-            await asyncio.sleep(delay)
-        return delay
-
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            repeated = repeated_parameters(scope.get("query_string", b""))
+            if repeated:
+                names = ", ".join(f"{name[:100]!r} ({count} times)" for name, count in repeated[:10])
+                response = JSONResponse({"detail": f"query parameter given more than once: {names}; "
+                                                   "give each parameter once"}, status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # --- response bodies (for the OpenAPI document) -------------------------------
@@ -181,8 +177,11 @@ class MetricsBody(BaseModel):
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    meaning = {400: "Bad input", 401: "Missing, malformed, unknown or revoked API key",
-               403: "The key's role may not do this", 503: "The database is unavailable",
+    meaning = {400: "Bad input, or a query parameter given more than once",
+               401: "Missing, malformed, unknown or revoked API key",
+               403: "The key's role may not do this",
+               429: "Too many failed API keys from this client address; see Retry-After",
+               503: "The database is unavailable",
                500: "Internal error (no details are sent)"}
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
@@ -370,11 +369,13 @@ def _short_reason(exc: DatabaseUnavailable) -> str:
 
 
 def create_app(database: Database | None = None, *, metrics_key_required: bool | None = None,
-               throttle: FailureThrottle | None = None) -> FastAPI:
+               throttle: FailureThrottle | None = None, trusted_proxies: TrustedProxies | None = None) -> FastAPI:
     """The API. ``database`` defaults to the configured one (looked up at the first request);
-    ``metrics_key_required`` to API_METRICS_REQUIRE_KEY; ``throttle`` to FailureThrottle()."""
+    ``metrics_key_required`` to API_METRICS_REQUIRE_KEY; ``throttle`` to FailureThrottle();
+    ``trusted_proxies`` to TRUSTED_PROXIES. Raises ConfigError for a bad setting."""
     require_key = metrics_require_key() if metrics_key_required is None else metrics_key_required
     throttle = throttle or FailureThrottle()
+    trusted = settings().trusted_proxies if trusted_proxies is None else trusted_proxies
     app = FastAPI(
         title="pgcache-admin API",
         version="1.0.0",
@@ -383,6 +384,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
         docs_url="/docs",
         redoc_url=None,
     )
+    app.add_middleware(RefuseRepeatedParameters)
     app.state.database = database
     app.state.throttle = throttle
     app.state.metrics_key_required = require_key
@@ -393,21 +395,25 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
         return app.state.database
 
     async def authenticated(request: Request, _credentials=Security(bearer)) -> Actor:
-        header = request.headers.get("authorization")
-        if header is None:
+        headers = request.headers.getlist("authorization")
+        if not headers:  # not a guess: nothing to count
             raise _unauthorized("missing API key: send the header Authorization: Bearer <key>")
-        client = request.client.host if request.client else "unknown"
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
-            await throttle.failed(client)
-            raise _unauthorized("malformed Authorization header: expected 'Bearer <key>'", "invalid_request")
         database = await run_in_threadpool(current_database)
+        peer = request.client.host if request.client else None
+        subjects = [address_subject(client_address(peer, request.headers.getlist("x-forwarded-for"), trusted))]
+        # Take a turn before looking at the key, so parallel guesses are checked one slot at a time.
+        admission = await run_in_threadpool(throttle.reserve, API, subjects, database)
+        if admission.wait:
+            await asyncio.sleep(admission.wait)
+        scheme, _, token = headers[0].strip().partition(" ")
+        token = token.strip()
+        if len(headers) > 1 or scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+            raise _unauthorized("malformed Authorization header: expected one header 'Bearer <key>'",
+                                "invalid_request")
         actor = await run_in_threadpool(apikeys.authenticate, token, database)
         if actor is None:
-            await throttle.failed(client)
             raise _unauthorized("unknown or revoked API key", "invalid_token")
-        throttle.succeeded(client)
+        await run_in_threadpool(throttle.succeeded, API, subjects, database)
         return actor
 
     async def metrics_guard(request: Request, _credentials=Security(bearer)) -> Actor | None:
@@ -424,6 +430,11 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     @app.exception_handler(PermissionDenied)
     async def _denied(_request: Request, exc: PermissionDenied):
         return JSONResponse({"detail": str(exc)}, status_code=403)
+
+    @app.exception_handler(Throttled)
+    async def _throttled(_request: Request, exc: Throttled):
+        return JSONResponse({"detail": f"too many failed API keys from this address: {exc}"}, status_code=429,
+                            headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(DatabaseUnavailable)
     async def _unavailable(_request: Request, exc: DatabaseUnavailable):
@@ -444,7 +455,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
 
     @app.get(f"{ADMIN_PREFIX}/metrics", response_model=MetricsBody, tags=["admin"],
              summary="Cache metrics: overview, hit rates, load reduction, fallbacks, targets",
-             responses=_errors(401, 503, 500))
+             responses=_errors(400, 401, 429, 503, 500))
     def get_metrics(actor: Actor = Depends(authenticated)):
         database = current_database()
         report = metrics_report(database)
@@ -454,7 +465,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
 
     @app.get(f"{ADMIN_PREFIX}/maintenance", response_model=MaintenanceBody, tags=["admin"],
              summary="Last cleanup, health summary and the actions available to the caller",
-             responses=_errors(401, 503, 500))
+             responses=_errors(400, 401, 429, 503, 500))
     def get_maintenance(actor: Actor = Depends(authenticated)):
         database = current_database()
         report = maintenance_report(database, actor)
@@ -465,7 +476,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     @app.post(f"{ADMIN_PREFIX}/maintenance", response_model=ActionResultBody, tags=["admin"],
               summary="Run one maintenance action (admin key)",
               description="Actions and their parameters:\n\n" + "\n".join(f"- `{u}`" for u in ACTION_USAGE.values()),
-              responses=_errors(400, 401, 403, 503, 500))
+              responses=_errors(400, 401, 403, 429, 503, 500))
     def post_maintenance(
         actor: Actor = Depends(authenticated),
         action: str = Query(description="One of: " + ", ".join(ACTIONS), examples=list(ACTIONS)),
@@ -481,14 +492,15 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
              description=f"Prometheus text format. Needs a key when {METRICS_REQUIRE_KEY_SETTING}=true.",
              response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus exposition"}, **_errors(401, 503, 500)})
+                              "description": "Prometheus exposition"}, **_errors(400, 401, 429, 503, 500)})
     def prometheus_metrics(_actor: Actor | None = Depends(metrics_guard)):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(CacheCollector(current_database))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_model=HealthBody, tags=["monitoring"], summary="Liveness and database reachability",
-             responses={503: {"model": HealthBody, "description": "The database is unreachable"}})
+             responses={503: {"model": HealthBody, "description": "The database is unreachable"},
+                        **_errors(400)})
     def healthz():
         try:
             latency = apikeys.ping(current_database())

@@ -18,17 +18,15 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg import errors as pg_errors
 
-from cachelib.db import Database, get_database, translated_errors
-from cachelib.errors import InvalidInput, MigrationError
+from cachelib.db import Database
+from cachelib.errors import InvalidInput
 from cachelib.maintenance import ROLES, Actor, identify, write_audit
+from cachelib.throttle import owner_connection
 
 KEY_PATTERN = re.compile(r"^pgc_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -55,16 +53,9 @@ def _check_role(role: Any) -> str:
     return role
 
 
-@contextmanager
-def _connection(database: Database | None) -> Iterator[psycopg.Connection]:
-    """A pooled connection with our error translation; a missing table means an unmigrated database."""
-    database = database or get_database()
-    try:
-        with translated_errors(database.url), database.connection() as conn:
-            yield conn
-    except pg_errors.UndefinedTable:
-        raise MigrationError("the API key table cache_private.api_keys does not exist; "
-                             "apply the migrations first: python -m cachelib migrate") from None
+def _connection(database: Database | None):
+    """A pooled connection; MigrationError when the key table is missing."""
+    return owner_connection(database, "the API key table cache_private.api_keys")
 
 
 def audit(actor: Actor | None, action: str, params: dict | None = None, outcome: str = "ok",

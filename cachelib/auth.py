@@ -1,4 +1,4 @@
-"""Dashboard credentials: the users file, the cookie key, roles and login throttling.
+"""Dashboard credentials: the users file, the cookie key, roles, login throttling and sessions.
 
 The credentials file is streamlit-authenticator's YAML layout with bcrypt
 hashes only. It is created on first start with the users ``admin`` and
@@ -6,23 +6,43 @@ hashes only. It is created on first start with the users ``admin`` and
 DASHBOARD_VIEWER_PASSWORD or are generated, and ``ensure_credentials`` hands
 the plaintext back exactly once so the caller can print it. The file must not
 be readable by anyone but its owner; the dashboard refuses to start otherwise.
+
+Every password check takes its turn in the failed-authentication throttle the
+API uses too (cachelib/throttle.py), counted per client address and per
+username in PostgreSQL, so parallel sessions and replicas share one budget.
+A login opens a server-side session (cache_private.dashboard_sessions); the
+login cookie carries its id, and logging out deletes it, so a copy of the
+cookie stops working everywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import stat
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import bcrypt
+import jwt
 import yaml
 
 from cachelib.config import Settings, settings
+from cachelib.db import Database
 from cachelib.errors import ConfigError
+from cachelib.throttle import (
+    LOGIN,
+    FailureThrottle,
+    address_subject,
+    owner_connection,
+    streamlit_client_address,
+    user_subject,
+)
 
 COOKIE_NAME = "pgcache_admin_auth"
 COOKIE_EXPIRY_DAYS = 1.0
@@ -181,61 +201,105 @@ def _secrets_cookie_key() -> str | None:
     return str(value) if value else None
 
 
-# --- failed-login slowdown ------------------------------------------------------
+# --- failed logins: the shared throttle ------------------------------------------
 
-FAILURE_WINDOW_SECONDS = 15 * 60
-MAX_DELAY_SECONDS = 4.0
-_MAX_TRACKED = 1000
-_failures: dict[str, list[float]] = {}
-_failures_lock = threading.Lock()
+# The same rule as the API's failed keys (cachelib/throttle.py); the delays are documented there.
+LOGIN_THROTTLE = FailureThrottle()
 
 
-def _user_key(username: str | None) -> str:
-    return (username or "").strip().lower()[:100] or "<empty>"
+@dataclass(frozen=True)
+class LoginAttempt:
+    ok: bool
+    failures: int  # attempts since the last success, this one included; 0 after a success
+    waited: float  # seconds this attempt waited for its turn
 
 
-def _recent(key: str, now: float) -> list[float]:
-    stamps = [t for t in _failures.get(key, []) if now - t < FAILURE_WINDOW_SECONDS]
-    if stamps:
-        _failures[key] = stamps
-    else:
-        _failures.pop(key, None)
-    return stamps
+def request_address(config: Settings | None = None) -> str:
+    """The address of the browser this Streamlit session serves, by the API's rule (TRUSTED_PROXIES)."""
+    import streamlit as st
+
+    try:
+        reported = st.context.ip_address
+        forwarded = st.context.headers.get_all("X-Forwarded-For")
+    except Exception:  # no Streamlit session (bare mode): nothing to go on
+        reported, forwarded = None, []
+    return streamlit_client_address(reported, forwarded if isinstance(forwarded, list) else [],
+                                    (config or settings()).trusted_proxies)
 
 
-def record_failure(username: str | None) -> int:
-    """Note a failed login for ``username``; returns its recent failure count."""
-    now = time.monotonic()
-    key = _user_key(username)
-    with _failures_lock:
-        if key not in _failures and len(_failures) >= _MAX_TRACKED:
-            for other in list(_failures):
-                _recent(other, now)
-            if len(_failures) >= _MAX_TRACKED:
-                _failures.pop(min(_failures, key=lambda k: _failures[k][-1]))
-        stamps = _recent(key, now)
-        stamps.append(now)
-        _failures[key] = stamps[-20:]
-        return len(stamps)
+def attempt_login(username: str | None, address: str, check: Callable[[], bool], *,
+                  database: Database | None = None, throttle: FailureThrottle | None = None,
+                  sleep: Callable[[float], None] = time.sleep) -> LoginAttempt:
+    """Check one password under the throttle: take a turn (counted for ``address`` and ``username``),
+    wait for it, call ``check``, and forget both counts when it says yes.
+
+    Raises Throttled when the turn is more than the throttle's cap away (nothing is checked),
+    DatabaseUnavailable or MigrationError.
+    """
+    throttle = throttle or LOGIN_THROTTLE
+    subjects = [address_subject(address), user_subject(username)]
+    admission = throttle.reserve(LOGIN, subjects, database)
+    if admission.wait:
+        sleep(admission.wait)
+    ok = bool(check())
+    if ok:
+        throttle.succeeded(LOGIN, subjects, database)
+    return LoginAttempt(ok, 0 if ok else admission.failures, admission.wait)
 
 
-def clear_failures(username: str | None) -> None:
-    with _failures_lock:
-        _failures.pop(_user_key(username), None)
+# --- sessions: what a logout ends -----------------------------------------------
+
+SESSION_ID_KEY = "dashboard_session_id"  # st.session_state key of the open session's id
+_SESSIONS = "the table cache_private.dashboard_sessions"
 
 
-def failure_delay(username: str | None) -> float:
-    """Seconds to wait before checking this user's password: 0 for the first failure, then doubling to 4 s."""
-    with _failures_lock:
-        count = len(_recent(_user_key(username), time.monotonic()))
-    if count < 2:
-        return 0.0
-    return min(2 ** (count - 1) * 0.25, MAX_DELAY_SECONDS)
+@dataclass(frozen=True)
+class Session:
+    id: str = field(repr=False)
+    username: str
+    expires_at: datetime
 
 
-def throttle(username: str | None) -> float:
-    """Sleep for ``failure_delay(username)``; returns how long it slept."""
-    delay = failure_delay(username)
-    if delay:
-        time.sleep(delay)
-    return delay
+def _session_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
+
+
+def start_session(username: str, database: Database | None = None,
+                  days: float = COOKIE_EXPIRY_DAYS) -> Session:
+    """Open a server-side session for ``username`` (expired ones are pruned); its id is returned only here."""
+    session_id = secrets.token_urlsafe(32)
+    with owner_connection(database, _SESSIONS) as conn, conn.transaction():
+        conn.execute("DELETE FROM cache_private.dashboard_sessions WHERE expires_at <= pg_catalog.now()")
+        expires_at = conn.execute(
+            """INSERT INTO cache_private.dashboard_sessions (session_hash, username, expires_at)
+               VALUES (%s, %s, pg_catalog.now() + pg_catalog.make_interval(secs => %s))
+               RETURNING expires_at""", (_session_hash(session_id), username, days * 86400)).fetchone()[0]
+    return Session(session_id, username, expires_at)
+
+
+def session_active(session_id: object, username: object, database: Database | None = None) -> bool:
+    """Whether ``session_id`` is an open, unexpired session of ``username``."""
+    if not isinstance(session_id, str) or not session_id or not isinstance(username, str) or not username:
+        return False
+    with owner_connection(database, _SESSIONS) as conn:
+        row = conn.execute("""SELECT 1 FROM cache_private.dashboard_sessions
+                              WHERE session_hash = %s AND username = %s AND expires_at > pg_catalog.now()""",
+                           (_session_hash(session_id), username)).fetchone()
+    return row is not None
+
+
+def end_session(session_id: object, database: Database | None = None) -> bool:
+    """Close a session: its cookie no longer logs in anywhere. Returns whether it was open."""
+    if not isinstance(session_id, str) or not session_id:
+        return False
+    with owner_connection(database, _SESSIONS) as conn:
+        cursor = conn.execute("DELETE FROM cache_private.dashboard_sessions WHERE session_hash = %s",
+                              (_session_hash(session_id),))
+        return cursor.rowcount > 0
+
+
+def cookie_token(session: Session, key: str) -> str:
+    """The login cookie's value: streamlit-authenticator's signed token (username, exp_date) plus
+    the session id, which ``session_active`` checks whenever the cookie is presented."""
+    return jwt.encode({"username": session.username, "exp_date": session.expires_at.timestamp(),
+                       "sid": session.id}, key, algorithm="HS256")

@@ -7,6 +7,7 @@ against that list, so a setting cannot exist without documentation.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -55,6 +56,60 @@ class Duration:
         return self.text
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+TRUSTED_PROXIES_FORMS = "comma-separated IP addresses or CIDR networks, e.g. 10.0.0.5,192.168.0.0/24,fd00::/8"
+
+
+def ip_address_of(text: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (an IPv4-mapped IPv6 address as IPv4), or None when it is not one."""
+    if not isinstance(text, str) or len(text) > 64:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(frozen=True)
+class TrustedProxies:
+    """The reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES); empty: none."""
+
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None, *, setting: str = "TRUSTED_PROXIES") -> TrustedProxies:
+        """Parse ``text``; raises ConfigError naming the setting, the bad entry and the accepted forms."""
+        networks = []
+        for entry in (text or "").split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"{setting}={text!r}: {entry!r} is not an IP address or network; "
+                                  f"use {TRUSTED_PROXIES_FORMS}") from None
+            if network.prefixlen == 0:
+                raise ConfigError(f"{setting}={text!r}: {entry!r} would trust every address, so any client could "
+                                  f"choose its own address; list your proxies: {TRUSTED_PROXIES_FORMS}")
+            networks.append(network)
+        return cls(tuple(networks))
+
+    def __contains__(self, address: object) -> bool:
+        ip = ip_address_of(address) if isinstance(address, str) else address
+        return ip is not None and any(ip in network for network in self.networks
+                                      if network.version == ip.version)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __str__(self) -> str:
+        return ",".join(str(n) for n in self.networks)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -88,6 +143,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DASHBOARD_REFRESH_SECONDS", "10", "Default live-refresh interval of dashboard metrics."),
     Setting("PORT", "8501", "Port the dashboard listens on (make run)."),
     Setting("API_METRICS_REQUIRE_KEY", "false", "true: GET /metrics (Prometheus) needs an API key too."),
+    Setting("TRUSTED_PROXIES", None, "Reverse proxies (IPs/CIDRs, comma-separated) whose X-Forwarded-For names the "
+            "client for the API and the dashboard. Unset: the connecting address is the client."),
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
@@ -126,6 +183,7 @@ class Settings:
     viewer_password: str | None = field(repr=False, default=None)
     refresh_seconds: int = 10
     api_metrics_require_key: bool = False
+    trusted_proxies: TrustedProxies = TrustedProxies()
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -166,6 +224,7 @@ class Settings:
             viewer_password=raw("DASHBOARD_VIEWER_PASSWORD"),
             refresh_seconds=_integer("DASHBOARD_REFRESH_SECONDS", raw("DASHBOARD_REFRESH_SECONDS"), 2, 3600),
             api_metrics_require_key=parse_boolean("API_METRICS_REQUIRE_KEY", raw("API_METRICS_REQUIRE_KEY")),
+            trusted_proxies=TrustedProxies.parse(raw("TRUSTED_PROXIES")),
             sources=sources,
         )
 

@@ -3,9 +3,10 @@
 The guide's promise is "cache failures automatically fall back to direct
 queries". Here that means: if the cached SQL function fails for any reason
 other than the database being unreachable (function missing, permission
-revoked, lock or statement timeout, a broken cache table), the same data comes
-from the direct function, one WARNING is logged with the reason, and the
-fallback is recorded per cache so the dashboard and the health check show it.
+revoked, lock or statement timeout, a broken cache table), or returns data that
+is not what the direct function returns (a JSON array of objects), the same
+data comes from the direct function, one WARNING is logged with the reason, and
+the fallback is recorded per cache so the dashboard and the health check show it.
 """
 
 from __future__ import annotations
@@ -98,16 +99,24 @@ class CacheManager:
             return self._run(function.direct_sql, (ident,))
         duration = f"{self.config.duration_for(cache_name).seconds} seconds"
         try:
-            return self._run(function.cached_sql, (ident, duration))
+            text = self._execute(function.cached_sql, (ident, duration))
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and is_connection_failure(exc):
                 raise unavailable_error(self.database.url, exc) from None
             if getattr(exc, "sqlstate", "") == "22023":
                 raise InvalidInput(exc.diag.message_primary or str(exc)) from None
-            return self._fall_back(function, ident, exc)
+            return self._fall_back(function, ident, _reason(exc))
+        try:
+            data = orjson.loads(text) if text is not None else None
+        except orjson.JSONDecodeError as exc:  # valid for jsonb, not for us (a number beyond a double)
+            return self._fall_back(function, ident, f"malformed cache data: unreadable JSON ({exc})"[:200])
+        problem = _shape_problem(data)
+        if problem:
+            return self._fall_back(function, ident, f"malformed cache data: expected a JSON array of objects, "
+                                                    f"got {problem}")
+        return data
 
-    def _fall_back(self, function: CachedFunction, ident: int | None, exc: psycopg.Error) -> list[dict]:
-        reason = _reason(exc)
+    def _fall_back(self, function: CachedFunction, ident: int | None, reason: str) -> list[dict]:
         log.warning("cache %s failed, serving the direct query instead: %s", function.cache_name, reason)
         with self._lock:
             self._fallbacks[function.cache_name] += 1
@@ -132,6 +141,24 @@ class CacheManager:
             with conn.transaction():
                 conn.execute("SELECT set_config('cachelib.now', %s, true)", (self.clock().isoformat(),))
                 return conn.execute(sql, params).fetchone()[0]
+
+
+_JSON_KINDS = ((type(None), "null"), (bool, "a boolean"), (int, "a number"), (float, "a number"),
+               (str, "a string"), (dict, "an object"), (list, "an array"))
+
+
+def _kind(value: Any) -> str:
+    return next(name for kind, name in _JSON_KINDS if isinstance(value, kind))
+
+
+def _shape_problem(data: Any) -> str | None:
+    """None when ``data`` is a list of JSON objects (what every direct function returns), else what it is."""
+    if not isinstance(data, list):
+        return _kind(data) if data is not None else "null"
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            return f"an array holding {_kind(item)} at index {index}"
+    return None
 
 
 def _reason(exc: psycopg.Error) -> str:

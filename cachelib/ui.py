@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cachelib import queries
+from cachelib import auth, queries
 from cachelib.config import settings
 from cachelib.db import database_url, get_database
 from cachelib.errors import CacheError, DatabaseUnavailable
@@ -239,6 +239,8 @@ def live(render: Callable[[], None]) -> None:
     """Run ``render`` as a fragment that re-runs at the live-refresh interval, with a "last updated" note."""
     def body() -> None:
         with guard(render.__doc__ or render.__name__):
+            if not auth.session_active(st.session_state.get(auth.SESSION_ID_KEY), st.session_state.get("username")):
+                st.rerun()  # logged out elsewhere: the full run (dashboard.py) sends this tab to the login
             render()
         interval = run_every()
         note = f"every {int(interval.total_seconds())} s" if interval else "live refresh off"

@@ -26,15 +26,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def api_in_thread(database) -> Iterator[str]:
-    """The real admin API (cachelib.api) served by uvicorn on a free port; yields its base URL."""
+def api_in_thread(database, app=None) -> Iterator[str]:
+    """The real admin API (cachelib.api; ``app`` or one without slowdown) served by uvicorn on a free
+    port the way ``python -m cachelib api`` serves it; yields its base URL."""
     import uvicorn
 
-    from cachelib.api import FailureThrottle, create_app
+    from cachelib.api import SERVER_OPTIONS, FailureThrottle, create_app
 
-    app = create_app(database, metrics_key_required=False, throttle=FailureThrottle(base_delay=0))
+    if app is None:
+        app = create_app(database, metrics_key_required=False, throttle=FailureThrottle(base_delay=0))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **SERVER_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -76,3 +76,32 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (PROJECT_ROOT / "README.md").read_text()
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
     assert not missing, f"settings missing from README's configuration table: {missing}"
+
+
+@pytest.mark.parametrize("text, inside, outside", [
+    ("10.0.0.5", ["10.0.0.5"], ["10.0.0.6", "::1"]),
+    (" 10.0.0.0/8 , 192.168.1.7 ", ["10.200.3.4", "192.168.1.7", "::ffff:10.0.0.1"], ["192.168.1.8", "11.0.0.1"]),
+    ("fd00::/8,127.0.0.1", ["fd12::1", "127.0.0.1"], ["fe80::1", "127.0.0.2"]),
+    ("10.0.0.5/24", ["10.0.0.200"], ["10.0.1.1"]),  # host bits are forgiven: the network is meant
+])
+def test_trusted_proxies_parse_addresses_and_networks(text, inside, outside):
+    trusted = Settings.from_env({"TRUSTED_PROXIES": text}).trusted_proxies
+    assert all(address in trusted for address in inside)
+    assert not any(address in trusted for address in outside)
+    assert "not-an-address" not in trusted and None not in trusted
+
+
+def test_trusted_proxies_default_to_none():
+    trusted = Settings.from_env({}).trusted_proxies
+    assert not trusted and "127.0.0.1" not in trusted
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("*", "is not an IP address or network"), ("proxy.internal", "is not an IP address or network"),
+    ("10.0.0.1,10.0.0.300", "'10.0.0.300'"), ("0.0.0.0/0", "would trust every address"),
+    ("::/0", "would trust every address"),
+])
+def test_trusted_proxies_refuse_nonsense_and_trusting_everyone(value, fragment):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"TRUSTED_PROXIES": value})
+    assert str(err.value).startswith(f"TRUSTED_PROXIES={value!r}") and fragment in str(err.value)

@@ -166,3 +166,53 @@ def test_threads_share_one_manager(fresh_url):
     for t in threads:
         t.join()
     assert not errors and len(results) == 160 and all(results)
+
+
+# --- wrong-shaped data in the cache ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad, got", [
+    ("null", "got null"),
+    ('{"expert_id": 5}', "got an object"),
+    ('"cached text"', "got a string"),
+    ("42", "got a number"),
+    ("true", "got a boolean"),
+    ('[{"expert_id": 5}, "x"]', "got an array holding a string at index 1"),
+    ("[[1, 2]]", "got an array holding an array at index 0"),
+    ('[{"expert_id": 1e400}]', "unreadable JSON"),
+])
+def test_wrong_shaped_cache_data_falls_back_to_the_direct_query(fresh_url, bad, got, caplog):
+    manager = manager_for(fresh_url)
+    expected = direct(fresh_url, "get_expert_sessions_with_stats", 5)
+    assert manager.expert_sessions(5) == expected  # a real miss stores the entry
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        changed = conn.execute("UPDATE public.query_cache SET data = %s::jsonb WHERE cache_key = 'expert_sessions:5'",
+                               (bad,)).rowcount
+        assert changed == 1
+        served = conn.execute("SELECT public.get_expert_sessions_with_stats_cached(5, '5 minutes')::text"
+                              ).fetchone()[0]
+        assert served != str(expected)  # the cache really hands out the bad data ...
+    with caplog.at_level(logging.WARNING, logger="cachelib.manager"):
+        assert manager.expert_sessions(5) == expected  # ... and the manager serves the direct result instead
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cachelib.manager" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "malformed cache data" in warnings[0] and got in warnings[0]
+    assert manager.fallback_counts() == {"expert_sessions": 1}
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        reasons = [r[0] for r in conn.execute("SELECT reason FROM cache_private.cache_events WHERE kind = 'fallback'")]
+        assert len(reasons) == 1 and reasons[0].startswith("malformed cache data") and got in reasons[0]
+        usage = conn.execute("SELECT COALESCE(sum(fallbacks), 0) FROM public.get_cache_fallback_usage(1) "
+                             "WHERE cache_name = 'expert_sessions'").fetchone()[0]
+    assert usage == 1
+    assert health_of_fallbacks(fresh_url) == "warning"
+
+
+def test_an_empty_array_and_the_product_cache_are_fine(fresh_url):
+    manager = manager_for(fresh_url)
+    assert manager.product_performance(2) == direct(fresh_url, "get_product_performance", 2)
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        conn.execute("UPDATE public.query_cache SET data = '[]' WHERE cache_key = 'product_performance:2'")
+    assert manager.product_performance(2) == []  # an empty result is a valid result
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        conn.execute("UPDATE public.query_cache SET data = '{}' WHERE cache_key = 'product_performance:2'")
+    assert manager.product_performance(2) == direct(fresh_url, "get_product_performance", 2)
+    assert manager.fallback_counts() == {"product_performance": 1}
