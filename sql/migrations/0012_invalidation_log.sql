@@ -16,13 +16,16 @@
 --   the writer's own transaction id, so only the writer itself can conflict.
 -- * An entry is current while no committed writer of its key (or of its whole
 --   cache) is invisible to its snapshot. The hit reads the entry and checks that
---   in one statement, so it sees a writer exactly when the writer has committed.
---   A result computed from any snapshot, at any isolation level, can only be
---   served to readers whose snapshot agrees with it.
+--   in one statement (a quick proof; the precise rule when it cannot decide), so
+--   it sees a writer exactly when the writer has committed. A result computed
+--   from any snapshot, at any isolation level, can only be served to readers
+--   whose snapshot agrees with it.
 -- * Pruning: cleanup deletes invalidations that every stored entry's snapshot
---   already sees, and raises the cache's prune_horizon; an entry whose snapshot
---   is older than the horizon (one still being computed during the prune) is
---   not current. See cache_private.prune_invalidations().
+--   already sees, raises the cache's prune_horizon and leaves a whole-cache marker
+--   just below it; an entry whose snapshot is older than the horizon (one still
+--   being computed during the prune) is not current. Between cleanups the log
+--   holds one row per key written per writing statement.
+--   See cache_private.prune_invalidations().
 --
 -- Locks that remain, all bounded:
 -- * A miss owns its key's row until its transaction ends (one computation per
