@@ -425,6 +425,7 @@ def pages(url):
 
     PagesManager.__init__ = init
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
+    at.session_state[auth.SESSION_ID_KEY] = auth.start_session("admin").id  # as a successful login opens one
     at.session_state["authentication_status"] = True
     at.session_state["username"] = "admin"
     at.session_state["name"] = "Admin"

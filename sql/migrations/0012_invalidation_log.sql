@@ -595,15 +595,22 @@ BEGIN
   END IF;
   FOR s IN
     WITH recent AS (
-      SELECT i.cache_key, i.cache_name, i.noted_at FROM cache_private.invalidations i WHERE i.writer_xid >= v_from
+      -- Not the pruning markers (whole-cache rows below the horizon, see prune_invalidations):
+      -- entries older than the horizon are not served, and expire; sweeping them would read
+      -- every entry of the cache at every roll-up.
+      SELECT i.cache_key, i.cache_name, i.noted_at, i.writer_xid
+      FROM cache_private.invalidations i JOIN cache_private.caches h USING (cache_name)
+      WHERE i.writer_xid >= v_from AND i.writer_xid >= h.prune_horizon
     ), candidates AS (
+      -- An entry whose snapshot's xmin is above the writer's id saw that writer: only
+      -- older ones need the precise rule.
       SELECT q.cache_key, q.cache_name, q.computed_snapshot, n.noted_at
       FROM recent n JOIN public.query_cache q ON q.cache_key = n.cache_key
-      WHERE n.cache_key <> n.cache_name AND q.data IS NOT NULL
+      WHERE n.cache_key <> n.cache_name AND q.data IS NOT NULL AND q.computed_xmin <= n.writer_xid
       UNION ALL
       SELECT q.cache_key, q.cache_name, q.computed_snapshot, n.noted_at
       FROM recent n JOIN public.query_cache q ON q.cache_name = n.cache_name
-      WHERE n.cache_key = n.cache_name AND q.data IS NOT NULL
+      WHERE n.cache_key = n.cache_name AND q.data IS NOT NULL AND q.computed_xmin <= n.writer_xid
     )
     SELECT c.cache_name, pg_catalog.max(c.noted_at) AS at, pg_catalog.array_agg(DISTINCT c.cache_key) AS keys
     FROM candidates c
