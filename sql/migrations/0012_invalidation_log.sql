@@ -426,7 +426,6 @@ CREATE OR REPLACE FUNCTION cache_private.compute_and_store(
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   v_claimed boolean;
-  v_current boolean;
   v_data jsonb;
   v_snapshot pg_snapshot;
   v_compute_started timestamptz;
@@ -441,18 +440,14 @@ BEGIN
 
   -- Own the key's row without waiting, if nobody holds it. Another caller may have
   -- stored the key since our read: then serve that instead of computing again.
-  SELECT c.data IS NOT NULL AND c.expires_at > p_now AND c.created_at > p_now - p_cache_duration
-         AND cache_private.entry_is_current(p_cache_name, p_cache_key, c.computed_snapshot)
-  INTO v_current
-  FROM public.query_cache c WHERE c.cache_key = p_cache_key FOR NO KEY UPDATE SKIP LOCKED;
+  PERFORM 1 FROM public.query_cache WHERE cache_key = p_cache_key FOR NO KEY UPDATE SKIP LOCKED;
   v_claimed := FOUND;
-  IF v_current THEN
+  IF v_claimed THEN
     v_data := cache_private.read_live(p_cache_name, p_cache_key, p_cache_duration, p_now, p_started);
     IF v_data IS NOT NULL THEN
       RETURN v_data;
     END IF;
-  END IF;
-  IF NOT v_claimed THEN
+  ELSE
     SELECT w.claimed, w.data INTO v_claimed, v_data
     FROM cache_private.wait_for_key(p_cache_name, p_cache_key, p_cache_duration, p_now, p_started) w;
     IF v_data IS NOT NULL THEN
@@ -614,8 +609,7 @@ BEGIN
     )
     SELECT c.cache_name, pg_catalog.max(c.noted_at) AS at, pg_catalog.array_agg(DISTINCT c.cache_key) AS keys
     FROM candidates c
-    WHERE c.computed_snapshot IS NOT NULL
-      AND NOT cache_private.entry_is_current(c.cache_name, c.cache_key, c.computed_snapshot)
+    WHERE NOT cache_private.entry_is_current(c.cache_name, c.cache_key, c.computed_snapshot)
     GROUP BY c.cache_name
   LOOP
     v_marked := v_marked + cache_private.mark_stale(s.keys, s.at);
