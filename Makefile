@@ -6,7 +6,7 @@ PORT ?= 8501
 API_PORT ?= 8000
 STRESS_SECONDS ?= 25
 
-.PHONY: run test stress lint api bench setup clean-data help
+.PHONY: run test stress lint api bench setup screenshots clean-data help
 
 help:
 	@echo "make run    - set up everything and open the dashboard on http://localhost:$(PORT)"
@@ -15,6 +15,7 @@ help:
 	@echo "make api    - start the admin HTTP API on http://127.0.0.1:$(API_PORT)"
 	@echo "make bench  - measure the cache against its baselines (full-scale demo; a few minutes)"
 	@echo "make lint   - ruff"
+	@echo "make screenshots - retake the README's screenshots from the demo (docs/screenshots/)"
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -42,6 +43,9 @@ lint: $(VENV)/.installed
 
 api: setup
 	$(PY) -m cachelib api --port $(API_PORT)
+
+screenshots: setup
+	$(PY) -m tests.screenshots
 
 clean-data:
 	-$(PY) -m cachelib db stop

@@ -186,6 +186,22 @@ def show_login_page(authenticator: stauth.Authenticate) -> None:
                   position="hidden").run()
 
 
+@st.cache_resource(show_spinner=False)
+def demo_traffic():
+    """Live demo traffic (CACHE_DEMO_TRAFFIC): one generator for this server process, however many
+    browser sessions; its daemon thread stops with the process. None when the setting says no."""
+    from cachelib import demo
+
+    return demo.start_live_traffic(settings())
+
+
+def start_demo_traffic() -> None:
+    try:
+        demo_traffic()
+    except Exception:  # the demo must never keep the dashboard from serving
+        log.warning("live demo traffic could not be started", exc_info=True)
+
+
 def main() -> None:
     st.set_page_config(page_title="pgcache-admin · /admin/cache", page_icon=":material/database:", layout="wide")
     authenticator, credentials = load_authenticator()
@@ -199,6 +215,7 @@ def main() -> None:
     show_sidebar(authenticator, credentials)
     if not st.session_state.get("authentication_status"):  # the logout button was just pressed
         show_login_page(authenticator)
+    start_demo_traffic()
     navigation.run()
 
 

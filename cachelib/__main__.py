@@ -130,8 +130,9 @@ def demo_group():
 
 
 @demo_group.command("load")
-@click.option("--scale", type=click.Choice(["small", "full"]), default="small", show_default=True,
-              help="small: seconds, for trying it out and tests; full: 1M sessions and 1M orders for benchmarks.")
+@click.option("--scale", type=click.Choice(["small", "demo", "full"]), default="small", show_default=True,
+              help="small: 40 experts and 60 products, for tests; demo: 400 experts, 600 products and 20,000 "
+                   "sessions and orders each, what make run loads; full: 1M sessions and 1M orders for benchmarks.")
 @click.option("--force", is_flag=True, help="Load even if the demo tables already hold data (adds more rows).")
 @friendly_errors
 def demo_load(scale: str, force: bool):
@@ -155,8 +156,8 @@ def demo_traffic(days: int):
     from cachelib import demo
 
     report = demo.traffic(db.database_url(), days, progress=_progress_bar)
-    click.echo(f"replayed {days} days: {report.calls:,} calls, {report.writes} writes, "
-               f"{report.cleanups} cleanups in {report.seconds:.1f} s")
+    click.echo(f"replayed {days} days: {report.calls:,} calls, {report.writes:,} writes, "
+               f"{report.cleanups} cleanups in {report.seconds:.1f} s; {report.live_entries:,} live entries")
 
 
 # --- one-step setup and serving (make run) --------------------------------------
@@ -199,13 +200,14 @@ def _setup_demo(url: str) -> None:
 
     loaded_now = False
     if not demo.has_data(url):
-        counts = demo.load(url, "small", progress=_progress_bar)
+        counts = demo.load(url, demo.SETUP_SCALE, progress=_progress_bar)
         click.echo("demo data: " + ", ".join(f"{n:,} {table}" for table, n in counts.items()))
         loaded_now = True
     # The replay writes a few rows to the source tables: only ever over demo rows.
     if loaded_now or (demo.is_demo(url) and not demo.has_traffic(url)):
         report = demo.traffic(url, 35, progress=_progress_bar)
-        click.echo(f"demo traffic: {report.calls:,} calls over 35 days in {report.seconds:.1f} s")
+        click.echo(f"demo traffic: {report.calls:,} calls over 35 days in {report.seconds:.1f} s; "
+                   f"{report.live_entries:,} live entries")
         setup_actor = Actor("setup", "admin", "cli")
         for cache in ("expert_sessions", "product_performance"):
             Maintenance(db.get_database(url)).prewarm(setup_actor, cache)
@@ -245,10 +247,157 @@ def status_cmd(as_json: bool):
     if as_json:
         emit({"overview": overview.to_dict("records"), "targets": targets.to_dict("records")}, True)
         return
-    click.echo(overview[["cache_name", "entries", "live_entries", "total_bytes", "hit_rate_today", "hit_rate_7d",
-                         "hit_rate_30d", "load_reduction_30d", "fallbacks_7d"]].to_string(index=False))
-    click.echo()
-    click.echo(targets[["milestone", "target", "cache_name", "measured", "goal", "state"]].to_string(index=False))
+    click.echo(_status_text(overview.to_dict("records"), targets.to_dict("records")))
+
+
+@cli.command("review")
+@click.option("--month", metavar="YYYY-MM", help="The month to review (UTC); default: the last full month.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the daily rows per cache to this CSV file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the self-contained HTML report (charts included, opens offline) to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def review_cmd(month: str | None, csv_path: str | None, html_path: str | None, as_json: bool):
+    """The monthly review: targets, load, top entries, invalidations, cleanups, fallbacks, health."""
+    from cachelib import review
+
+    data = review.build(review.parse_month(month) if month else None)
+    if csv_path:
+        _write(csv_path, review.to_csv(data))
+    if html_path:
+        from cachelib import report
+
+        _write(html_path, report.to_html(data))
+    if as_json:
+        emit(review.to_dict(data), True)
+    else:
+        click.echo(_review_text(data))
+
+
+def _write(path: str, text: str) -> None:
+    """Write an export whole or not at all: a half-written report is worse than none."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8",
+                                         suffix=".part") as part:
+            part.write(text)
+        os.replace(part.name, path)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
+    click.echo(f"wrote {path}", err=True)
+
+
+def _review_text(data) -> str:
+    """The review as plain tables, in the order of the dashboard's Monthly Review page."""
+    from cachelib import review
+    from cachelib.formats import fmt_ms
+
+    span = data.period
+    per_cache = data.invalidations.merge(data.fallbacks, on="cache_name", how="outer").sort_values("cache_name")
+    lines = [f"Monthly review: {span.title}, {span.span} (UTC)"
+             + (" - demo data" if data.demo_data else ""),
+             f"  calls {review.calls(data):,}, load reduction {_percent(review.month_load_reduction(data))}", ""]
+    lines += ["Targets", *_table(
+        ["TARGET", "CACHE", "WINDOW", "MEASURED", "GOAL", "RESULT"],
+        [[row.target, row.cache, row.window, _percent(row.measured), f">{row.goal:g}%", row.result]
+         for row in data.targets.itertuples()]), ""]
+    lines += ["Top entries by time saved", *(_table(
+        ["KEY", "CACHE", "HITS", "CALLS", "TIME SAVED", "DAYS ACTIVE"],
+        [[row.cache_key, row.cache_name, _count(row.hits), _count(row.calls), fmt_ms(row.compute_ms_saved),
+          _count(row.days_active)] for row in data.top_keys.itertuples()]) if not data.top_keys.empty
+        else ["  no calls this month"]), ""]
+    lines += ["Invalidations, fallbacks", *_table(
+        ["CACHE", "KEYS INVALIDATED", "FALLBACKS", "CALLS"],
+        [[row.cache_name, _count(row.keys_invalidated), _count(row.fallbacks), _count(row.calls)]
+         for row in per_cache.itertuples()]), ""]
+    cleanups = data.cleanups
+    lines += [f"Cleanups: {cleanups['cleanups']:,} ({cleanups['by_hand']:,} by hand), "
+              f"{cleanups['entries_removed']:,} entries removed, {_size(cleanups['bytes_freed'])} freed", ""]
+    lines += [f"Health ({data.health_runs:,} snapshots)", *(_table(
+        ["CHECK", "WORST", "NOT OK", "LAST", "RECOMMENDATION"],
+        [[row.check_name, row.worst, f"{row.not_ok:,} of {row.runs:,}", row.last_status, row.recommendation or ""]
+         for row in data.health.itertuples()]) if not data.health.empty else ["  no health snapshots this month"])]
+    return "\n".join(lines)
+
+
+def _status_text(overview: list[dict], targets: list[dict]) -> str:
+    """The overview and the targets as plain tables: full names, units, UTC times."""
+    lines = ["Entries", *_table(
+        ["CACHE", "ENTRIES", "LIVE", "EXPIRED", "WITH HITS", "SIZE"],
+        [[row["cache_name"], _count(row["entries"]), _count(row["live_entries"]), _count(row["expired_entries"]),
+          _count(row["entries_with_hits"]), _size(row["total_bytes"])] for row in overview]), ""]
+    lines += ["Hit rates and load", *_table(
+        ["CACHE", "HIT RATE TODAY", "7 DAYS", "30 DAYS", "LOAD REDUCTION 30 DAYS", "CALLS 30 DAYS",
+         "FALLBACKS 7 DAYS"],
+        [[row["cache_name"], _percent(row["hit_rate_today"]), _percent(row["hit_rate_7d"]),
+          _percent(row["hit_rate_30d"]), _percent(row["load_reduction_30d"]), _count(row["calls_30d"]),
+          _count(row["fallbacks_7d"])] for row in overview])]
+    cleanups = [row["last_cleanup_at"] for row in overview if _present(row["last_cleanup_at"])]
+    lines += ["", f"Last cleanup: {_when(max(cleanups)) if cleanups else 'never'}"]
+    for milestone in dict.fromkeys(row["milestone"] for row in targets):
+        rows = [row for row in targets if row["milestone"] == milestone]
+        lines += ["", f"{milestone} targets, {_when(rows[0]['window_start'])} to {_when(rows[0]['window_end'])}",
+                  *_table(["TARGET", "CACHE", "MEASURED", "GOAL", "STATE"],
+                          [[row["target"], row["cache_name"], _percent(row["measured"]), f"{row['goal']:g}%",
+                            row["state"]] for row in rows])]
+    return "\n".join(lines)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns as wide as their widest cell, indented; columns of numbers right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    numeric = [i > 0 and bool(rows) and all(row[i] == "-" or row[i][:1].isdigit() for row in rows)
+               for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "  ".join(cell.rjust(width) if right else cell.ljust(width)
+                                for cell, width, right in zip(cells, widths, numeric, strict=True)).rstrip()
+
+    return [line(headers), *(line(row) for row in rows)]
+
+
+def _present(value) -> bool:
+    import pandas as pd
+
+    return value is not None and not (not isinstance(value, str) and pd.isna(value))
+
+
+def _count(value) -> str:
+    return f"{int(value):,}" if _present(value) else "-"
+
+
+def _percent(value) -> str:
+    return f"{float(value):.1f}%" if _present(value) else "-"
+
+
+def _size(value) -> str:
+    """Bytes for people: 512 bytes, 12.3 KB, 4.0 MB, 1.2 GB (1 KB = 1,024 bytes)."""
+    if not _present(value):
+        return "-"
+    size = float(value)
+    if size < 1024:
+        return f"{int(size):,} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        size /= 1024
+        if size < 1024 or unit == "TB":
+            return f"{size:,.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _when(value) -> str:
+    """A moment in UTC to the minute, e.g. 2026-11-04 09:30 UTC."""
+    from datetime import UTC
+
+    if not _present(value):
+        return "-"
+    moment = value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
 def _actor() -> object:

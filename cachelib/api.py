@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cachelib import apikeys, queries
+from cachelib import apikeys, queries, review
 from cachelib.config import TrustedProxies, parse_boolean, settings
 from cachelib.db import Database, get_database
 from cachelib.errors import CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
@@ -208,7 +208,7 @@ def metrics_report(database: Database) -> dict[str, Any]:
     series = queries.load_reduction_series(30, "day", database)
     saved = float(series["compute_ms_saved"].sum()) if not series.empty else 0.0
     spent = float(series["compute_ms_spent"].sum()) if not series.empty else 0.0
-    overall = round(100.0 * saved / (saved + spent), 2) if saved + spent > 0 else None
+    overall = queries.load_reduction(series)
     info = queries.deployment(database)
     return {
         "generated_at": _now_iso(),
@@ -487,6 +487,33 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     ):
         params = {"days": days, "cache": cache, "key": key, "confirm": confirm}
         return run_action(current_database(), actor, action, params)
+
+    @app.get(f"{ADMIN_PREFIX}/review", tags=["admin"],
+             summary="The monthly review of one month: JSON, the daily rows as CSV, or the HTML report",
+             responses={200: {"content": {"application/json": {}, "text/csv": {}, "text/html": {}},
+                              "description": "The review"}, **_errors(400, 401, 429, 503, 500)})
+    def get_review(
+        actor: Actor = Depends(authenticated),
+        month: str | None = Query(None, description="YYYY-MM (UTC); default: the last full month",
+                                  examples=["2026-11"], max_length=7),
+        output: str = Query("json", alias="format", pattern="^(json|csv|html)$",
+                            description="json, csv (daily rows per cache) or html (self-contained report)"),
+    ):
+        database = current_database()
+        data = review.build(review.parse_month(month) if month is not None else None, database)
+        apikeys.audit(actor, "api_get_review", {"route": f"GET {ADMIN_PREFIX}/review", "month": month,
+                                                "format": output}, "ok", {"month": f"{data.period.month:%Y-%m}"},
+                      database=database)
+        name = f"cache-review-{data.period.month:%Y-%m}"
+        if output == "csv":
+            return Response(review.to_csv(data), media_type="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{name}-daily.csv"'})
+        if output == "html":
+            from cachelib import report
+
+            return Response(report.to_html(data), media_type="text/html",
+                            headers={"Content-Disposition": f'attachment; filename="{name}.html"'})
+        return review.to_dict(data)
 
     @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics",
              description=f"Prometheus text format. Needs a key when {METRICS_REQUIRE_KEY_SETTING}=true.",

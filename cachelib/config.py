@@ -141,6 +141,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DASHBOARD_ADMIN_PASSWORD", None, "Password for the 'admin' user when the credentials file is created."),
     Setting("DASHBOARD_VIEWER_PASSWORD", None, "Password for the 'viewer' user when the credentials file is created."),
     Setting("DASHBOARD_REFRESH_SECONDS", "10", "Default live-refresh interval of dashboard metrics."),
+    Setting("CACHE_DEMO_TRAFFIC", "auto", "Light live demo traffic from the dashboard's process. auto: only on "
+            "the embedded server holding the demo data; on: also with DATABASE_URL, still only over demo rows; "
+            "off: never."),
     Setting("PORT", "8501", "Port the dashboard listens on (make run)."),
     Setting("API_METRICS_REQUIRE_KEY", "false", "true: GET /metrics (Prometheus) needs an API key too."),
     Setting("TRUSTED_PROXIES", None, "Reverse proxies (IPs/CIDRs, comma-separated) whose X-Forwarded-For names the "
@@ -148,6 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
+DEMO_TRAFFIC_MODES = ("auto", "on", "off")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -182,6 +186,7 @@ class Settings:
     admin_password: str | None = field(repr=False, default=None)
     viewer_password: str | None = field(repr=False, default=None)
     refresh_seconds: int = 10
+    demo_traffic: str = "auto"
     api_metrics_require_key: bool = False
     trusted_proxies: TrustedProxies = TrustedProxies()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -223,6 +228,7 @@ class Settings:
             admin_password=raw("DASHBOARD_ADMIN_PASSWORD"),
             viewer_password=raw("DASHBOARD_VIEWER_PASSWORD"),
             refresh_seconds=_integer("DASHBOARD_REFRESH_SECONDS", raw("DASHBOARD_REFRESH_SECONDS"), 2, 3600),
+            demo_traffic=_choice("CACHE_DEMO_TRAFFIC", raw("CACHE_DEMO_TRAFFIC"), DEMO_TRAFFIC_MODES),
             api_metrics_require_key=parse_boolean("API_METRICS_REQUIRE_KEY", raw("API_METRICS_REQUIRE_KEY")),
             trusted_proxies=TrustedProxies.parse(raw("TRUSTED_PROXIES")),
             sources=sources,
@@ -267,6 +273,13 @@ def parse_boolean(name: str, text: str) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise ConfigError(f"{name}={text!r} is not a yes/no value; use true or false")
+
+
+def _choice(name: str, text: str, choices: tuple[str, ...]) -> str:
+    lowered = text.lower()
+    if lowered not in choices:
+        raise ConfigError(f"{name}={text!r} is not one of {', '.join(choices)}")
+    return lowered
 
 
 def _percent(name: str, text: str) -> float:

@@ -24,6 +24,8 @@ from cachelib.jsonsafe import plain
 EMERGENCY_TOKEN = "EMERGENCY_CLEAR_CONFIRMED"
 Role = Literal["admin", "viewer"]
 ROLES = ("admin", "viewer")
+# What the health check action writes into cache_private.health_history.source (cleanups write 'cleanup').
+HEALTH_CHECK_SOURCE = "health check"
 ACTIONS = ("health_check", "cleanup", "cleanup_stats", "optimize_cache", "invalidate", "emergency_clear", "prewarm",
            "verify")
 
@@ -69,9 +71,10 @@ class Maintenance:
     # --- the actions -------------------------------------------------------
 
     def health_check(self, actor: Actor) -> ActionResult:
-        """Run analyze_cache_health(); details: checks (list) and overall status."""
+        """Run analyze_cache_health() and record it in the health history (source 'health check');
+        details: checks (list) and overall status."""
         def run(conn):
-            cursor = conn.execute("SELECT * FROM public.analyze_cache_health()")
+            cursor = conn.execute("SELECT * FROM cache_private.record_health(%s)", (HEALTH_CHECK_SOURCE,))
             names = [c.name for c in cursor.description]
             checks = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
             overall = _worst(check["status"] for check in checks)
@@ -157,7 +160,10 @@ class Maintenance:
         return self._act(actor, "prewarm", {"cache": cache}, run)
 
     def verify(self, actor: Actor) -> ActionResult:
-        """The read-only deployment checks of `python -m cachelib verify`; details: checks and whether all pass."""
+        """The read-only deployment checks of `python -m cachelib verify`; details: checks and whether all pass.
+
+        Leaves entries and statistics as they were (the cached calls run in a transaction that is
+        rolled back, see cachelib.verify); the only row written is this action's audit row."""
         from cachelib import verify
 
         def run(conn):

@@ -152,6 +152,38 @@ def deployment(database: Database | None = None, config: Settings | None = None)
 WINDOWS = {"Week 1": (timedelta(days=0), timedelta(days=7)), "Month 1": (timedelta(days=7), timedelta(days=30))}
 
 
+@dataclass(frozen=True)
+class Target:
+    """One of the guide's targets: its one definition, used by every page, the API and the CLI."""
+
+    milestone: str          # the window it belongs to: "Week 1" or "Month 1"
+    label: str              # "Sessions hit rate above"
+    cache_name: str | None  # None: all caches together
+    metric: str             # "hit_rate" (must exceed the goal) or "load_reduction" (at least the goal)
+    goal: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {self.goal:g}%"
+
+    def met(self, value: float | None) -> bool | None:
+        if value is None:
+            return None
+        return value >= self.goal if self.metric == "load_reduction" else value > self.goal
+
+
+def targets(config: Settings | None = None) -> list[Target]:
+    """The guide's Week 1 and Month 1 targets, with the goals from the settings."""
+    t = (config or settings()).targets
+    return [
+        Target("Week 1", "Sessions hit rate above", "expert_sessions", "hit_rate", t.week1_sessions),
+        Target("Week 1", "Analytics hit rate above", "product_performance", "hit_rate", t.week1_analytics),
+        Target("Month 1", "Sessions hit rate above", "expert_sessions", "hit_rate", t.month1_sessions),
+        Target("Month 1", "Analytics hit rate above", "product_performance", "hit_rate", t.month1_analytics),
+        Target("Month 1", "Database load reduction at least", None, "load_reduction", t.load_reduction),
+    ]
+
+
 def target_status(as_of: datetime | None = None, database: Database | None = None,
                   config: Settings | None = None) -> pd.DataFrame:
     """Each Week 1 / Month 1 target: milestone, target, cache_name, window_start, window_end, measured, goal,
@@ -162,53 +194,151 @@ def target_status(as_of: datetime | None = None, database: Database | None = Non
     as_of = as_of or info.now
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
-    t = config.targets
-    goals = [
-        ("Week 1", "Sessions hit rate above", "expert_sessions", "hit_rate", t.week1_sessions),
-        ("Week 1", "Analytics hit rate above", "product_performance", "hit_rate", t.week1_analytics),
-        ("Month 1", "Sessions hit rate above", "expert_sessions", "hit_rate", t.month1_sessions),
-        ("Month 1", "Analytics hit rate above", "product_performance", "hit_rate", t.month1_analytics),
-        ("Month 1", "Database load reduction at least", None, "load_reduction", t.load_reduction),
-    ]
-    measured = {name: _window_totals(info.deployed_at + start, min(info.deployed_at + end, as_of), database)
+    measured = {name: period_totals(info.deployed_at + start, min(info.deployed_at + end, as_of), database)
                 for name, (start, end) in WINDOWS.items()}
     rows = []
-    for milestone, label, cache, metric, goal in goals:
-        start, end = (info.deployed_at + offset for offset in WINDOWS[milestone])
-        value = _measure(measured[milestone], cache, metric)
-        state, met = _judge(value, goal, metric, as_of, start, end)
-        rows.append({"milestone": milestone, "target": label, "cache_name": cache or "all caches",
-                     "window_start": start, "window_end": end, "measured": value, "goal": goal,
+    for target in targets(config):
+        start, end = (info.deployed_at + offset for offset in WINDOWS[target.milestone])
+        value = measure(measured[target.milestone], target)
+        state, met = _judge(target, value, as_of, start, end)
+        rows.append({"milestone": target.milestone, "target": target.label,
+                     "cache_name": target.cache_name or "all caches",
+                     "window_start": start, "window_end": end, "measured": value, "goal": target.goal,
                      "state": state, "met": met})
     return pd.DataFrame(rows)
 
 
-def _window_totals(start: datetime, end: datetime, database: Database) -> pd.DataFrame:
+def period_totals(start: datetime, end: datetime, database: Database | None = None) -> pd.DataFrame:
+    """Per registered cache over [start, end): cache_name, hits, misses, fallbacks, hit_rate,
+    compute_ms_spent, compute_ms_saved, load_reduction (empty when the period is empty).
+
+    Statistics are kept per UTC hour: the hour in which ``start`` falls belongs to the period."""
     if end <= start:
         return pd.DataFrame()
-    # Statistics are kept per hour: the hour in which the window starts belongs to it.
     start = start.replace(minute=0, second=0, microsecond=0)
     return _frame("SELECT * FROM cache_private.window_stats(%s, %s)", (start, end), database, rollup=True)
 
 
-def _measure(totals: pd.DataFrame, cache: str | None, metric: str) -> float | None:
+def measure(totals: pd.DataFrame, target: Target) -> float | None:
+    """The value of ``target``'s metric in ``totals`` (from period_totals), or None without calls."""
     if totals.empty:
         return None
-    if cache is not None:
-        row = totals[totals.cache_name == cache]
+    if target.metric == "hit_rate":
+        row = totals[totals.cache_name == target.cache_name]
         if row.empty or row.iloc[0].hit_rate is None or pd.isna(row.iloc[0].hit_rate):
             return None
         return float(row.iloc[0].hit_rate)
-    saved, spent = totals.compute_ms_saved.sum(), totals.compute_ms_spent.sum()
+    return load_reduction(totals)
+
+
+def load_reduction(totals: pd.DataFrame) -> float | None:
+    """Overall load reduction (%) over rows with compute_ms_saved and compute_ms_spent: the share of
+    query time the cache avoided. None when nothing was computed or saved."""
+    if totals.empty:
+        return None
+    saved, spent = float(totals.compute_ms_saved.sum()), float(totals.compute_ms_spent.sum())
     return round(100.0 * saved / (saved + spent), 2) if saved + spent > 0 else None
 
 
-def _judge(value, goal, metric, as_of, start, end) -> tuple[str, bool | None]:
+def _judge(target: Target, value: float | None, as_of: datetime, start: datetime,
+           end: datetime) -> tuple[str, bool | None]:
     if as_of < start:
         return "not started", None
     if value is None:
         return "no data", None
-    met = value >= goal if metric == "load_reduction" else value > goal
+    met = target.met(value)
     if as_of < end:
         return "in progress", met
     return ("met" if met else "missed"), met
+
+
+# Cleanups run from the dashboard or the API are someone's decision; any other (pg_cron, the CLI
+# from cron, the demo's cron) is the schedule. Optimize's own cleanup is reported as the optimize.
+MANUAL_CLEANUP = r" \((dashboard|api)\)$"
+
+
+def events(start: datetime, end: datetime, database: Database | None = None) -> pd.DataFrame:
+    """What happened to the cache in [start, end), for chart annotations: at, kind, label, detail, ordered by at.
+
+    kind is deployment, emergency_clear, invalidate, optimize, duration_change (an audited action whose
+    name mentions a duration), cleanup (run from the dashboard or the API) or scheduled_cleanup (any
+    other cleanup: pg_cron, the CLI from cron). Only actions that succeeded."""
+    start, end = (moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in (start, end))  # naive: UTC
+    if end <= start:
+        return pd.DataFrame(columns=["at", "kind", "label", "detail"])
+    database = database or get_database()
+    frame = _frame("""
+        SELECT a.at, CASE WHEN a.action IN ('emergency_clear', 'invalidate', 'optimize') THEN a.action
+                          ELSE 'duration_change' END AS kind,
+               a.action, a.actor, a.parameters, a.result
+        FROM cache_private.maintenance_audit a
+        WHERE a.outcome = 'ok' AND a.at >= %(start)s AND a.at < %(end)s
+          AND (a.action IN ('emergency_clear', 'invalidate', 'optimize') OR a.action LIKE '%%duration%%')
+        UNION ALL
+        SELECT l.cleanup_time, CASE WHEN l.triggered_by ~ %(manual)s THEN 'cleanup' ELSE 'scheduled_cleanup' END,
+               'cleanup', l.triggered_by, '{}'::jsonb,
+               jsonb_build_object('entries_removed', l.entries_removed, 'entries_evicted', l.entries_evicted,
+                                  'bytes_freed', l.bytes_freed)
+        FROM public.cache_cleanup_log l
+        WHERE l.cleanup_time >= %(start)s AND l.cleanup_time < %(end)s
+          AND l.triggered_by NOT LIKE 'optimize_cache by %%'
+        ORDER BY 1""", {"start": start, "end": end, "manual": MANUAL_CLEANUP}, database)
+    rows = [_event_row(row) for row in frame.itertuples(index=False)]
+    info = deployment(database)
+    deployed = info.deployed_at if info.deployed_at.tzinfo else info.deployed_at.replace(tzinfo=UTC)
+    if start <= deployed < end:
+        rows.append({"at": deployed, "kind": "deployment", "label": "Deployed",
+                     "detail": f"cache deployed ({info.source})"})
+    result = pd.DataFrame(rows, columns=["at", "kind", "label", "detail"])
+    if not result.empty:
+        result["at"] = pd.to_datetime(result["at"], utc=True)
+        result = result.sort_values("at", kind="stable").reset_index(drop=True)
+    return result
+
+
+def _event_row(row) -> dict:
+    params, result = row.parameters or {}, row.result or {}
+    by = f"by {row.actor}"
+    if row.kind == "emergency_clear":
+        label, detail = "Emergency clear", f"{by}: {result.get('entries_deleted', '?')} entries deleted"
+    elif row.kind == "invalidate":
+        what = f"cache {params['cache']}" if "cache" in params else f"key {params.get('key', '?')}"
+        label, detail = f"Invalidated {what}", f"{by}: {result.get('entries_invalidated', '?')} entries"
+    elif row.kind == "optimize":
+        removed = sum(int(result.get(k) or 0) for k in ("expired_removed", "evicted", "unprofitable_removed"))
+        label, detail = "Optimize", f"{by}: {removed} entries removed"
+    elif row.kind == "duration_change":
+        label, detail = "Duration changed", f"{by}: {row.action} {params}"
+    else:
+        label = "Cleanup" if row.kind == "cleanup" else "Scheduled cleanup"
+        detail = (f"{by}: {result.get('entries_removed', 0)} expired removed, {result.get('entries_evicted', 0)} "
+                  f"evicted, {result.get('bytes_freed', 0):,} bytes freed")
+    return {"at": row.at, "kind": row.kind, "label": label, "detail": detail}
+
+
+def health_history(start: datetime, end: datetime, database: Database | None = None) -> pd.DataFrame:
+    """Recorded health checks with start <= recorded_at < end, oldest first: recorded_at, source ('cleanup' or
+    'health check'), check_name, status, value, recommendation (cache_private.health_history, 0016)."""
+    return _frame("""SELECT recorded_at, source, check_name, status, value, recommendation
+                     FROM cache_private.health_history
+                     WHERE recorded_at >= %s AND recorded_at < %s
+                     ORDER BY recorded_at, id""", (start, end), database)
+
+
+def clear_impact(cache: str | None = None, key: str | None = None, database: Database | None = None) -> dict:
+    """What invalidating ``cache`` or ``key`` (or, with neither, an emergency clear) would lose: the live
+    entries (holding data, not expired) as {"entries", "bytes", "compute_ms"}, compute_ms being the time
+    it took to compute them, which the next calls spend again."""
+    if cache is not None and key is not None:
+        raise InvalidInput("give at most one of cache or key")
+    for name, value in (("cache", cache), ("key", key)):
+        if value is not None and ("\x00" in value or not 1 <= len(value) <= 1000):
+            raise InvalidInput(f"{name} must be 1 to 1000 characters without NUL characters")
+    row = _frame("""SELECT count(*) AS entries, COALESCE(sum(size_bytes), 0) AS bytes,
+                           COALESCE(sum(compute_ms), 0) AS compute_ms
+                    FROM public.query_cache
+                    WHERE data IS NOT NULL AND expires_at > cache_private.cache_now()
+                      AND (%(cache)s::text IS NULL OR cache_name = %(cache)s)
+                      AND (%(key)s::text IS NULL OR cache_key = %(key)s)""",
+                 {"cache": cache, "key": key}, database).iloc[0]
+    return {"entries": int(row["entries"]), "bytes": int(row["bytes"]), "compute_ms": float(row["compute_ms"])}

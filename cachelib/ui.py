@@ -10,10 +10,9 @@ traceback never reaches the browser.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -23,6 +22,19 @@ from cachelib import auth, queries
 from cachelib.config import settings
 from cachelib.db import database_url, get_database
 from cachelib.errors import CacheError, DatabaseUnavailable
+from cachelib.formats import (  # noqa: F401  (the pages format and label through ui)
+    CACHE_COLORS,
+    CACHE_LABELS,
+    cache_label,
+    fmt_ago,
+    fmt_bytes,
+    fmt_expires,
+    fmt_ms,
+    fmt_number,
+    fmt_pct,
+    fmt_seconds,
+    fmt_time,
+)
 from cachelib.maintenance import Actor
 
 log = logging.getLogger("cachelib.ui")
@@ -32,9 +44,12 @@ READ_TTL_SECONDS = 3
 STATUS_ICON = {"ok": ":green[:material/check_circle:]", "warning": ":orange[:material/warning:]",
                "critical": ":red[:material/error:]"}
 STATUS_COLOR = {"ok": "#dcfce7", "warning": "#ffedd5", "critical": "#fee2e2"}
+# The same three hues, strong enough for chart marks (the pale ones above are table backgrounds).
+STATUS_CHART_COLOR = {"ok": "#16a34a", "warning": "#ea580c", "critical": "#dc2626"}
+# The message box an outcome of each severity is shown in: never green for a warning or worse.
+STATUS_BOX = {"ok": "success", "warning": "warning", "critical": "error"}
+STATUS_BOX_ICON = {"ok": ":material/check_circle:", "warning": ":material/warning:", "critical": ":material/error:"}
 SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
-CACHE_LABELS = {"expert_sessions": "Expert sessions", "product_performance": "Product analytics"}
-CACHE_COLORS = {"Expert sessions": "#2563eb", "Product analytics": "#db2777"}
 REFRESH_TOGGLE_KEY = "live_refresh"
 REFRESH_INTERVAL_KEY = "refresh_interval"
 
@@ -158,45 +173,68 @@ FLASH_KEY = "_flash_messages"
 
 
 def flash(message: str, kind: str = "success") -> None:
-    """Keep a message to show at the top of the page after the next rerun."""
+    """Keep a message to show at the top of the page after the next rerun; ``kind`` is success, info,
+    warning or error (the box it is shown in)."""
     st.session_state.setdefault(FLASH_KEY, []).append((kind, message))
 
 
 def show_flashes() -> None:
+    icons = {STATUS_BOX[s]: STATUS_BOX_ICON[s] for s in STATUS_BOX}
     for kind, message in st.session_state.pop(FLASH_KEY, []):
-        getattr(st, kind, st.info)(message)
+        show = getattr(st, kind, None) if kind in ("success", "info", "warning", "error") else None
+        (show or st.info)(message, icon=icons.get(kind))
+
+
+def outcome_severity(result: Any) -> str:
+    """ok, warning or critical: how an action's result must look. A failed result, a health check whose
+    worst check is critical and a verification with a failed required check are critical."""
+    if not getattr(result, "ok", True):
+        return "critical"
+    details = getattr(result, "details", None) or {}
+    if details.get("overall") in SEVERITY:
+        return details["overall"]
+    if details.get("all_required_pass") is False:
+        return "critical"
+    return "ok"
+
+
+def show_outcome(message: str, severity: str) -> None:
+    """``message`` in the box of its severity: ok green, warning orange, critical red."""
+    severity = severity if severity in STATUS_BOX else "critical"
+    getattr(st, STATUS_BOX[severity])(message, icon=STATUS_BOX_ICON[severity])
 
 
 def run_action(label: str, action: Callable[[], Any], *, success: Callable[[Any], str] | None = None,
                rerun: bool = False) -> Any | None:
-    """Run a maintenance action with a status box; report success or a clear error. Returns its result.
+    """Run a maintenance action with a spinner, then show its outcome at once, in the box of its severity
+    (ok green, warning orange, critical red); a refusal or an error in a red box with its reason. Returns
+    the result, or None when the action did not run.
 
     With ``rerun=True`` a successful action reruns the page (so tables show the new state) and its
-    message is shown at the top of the page."""
-    with st.status(f"{label}…", expanded=False) as status:
+    message is shown at the top of the page, in the same box."""
+    error = None
+    with st.spinner(f"{label}…"):
         try:
             result = action()
         except DatabaseUnavailable as exc:
-            status.update(label=f"{label}: failed", state="error")
-            st.error(f"{label} failed: the database is not reachable. {exc}")
-            return None
+            error = f"**{label} failed:** the database is not reachable. {exc}"
         except CacheError as exc:
-            status.update(label=f"{label}: refused", state="error")
-            st.error(f"{label} failed: {exc}")
-            return None
+            reason = str(exc)
+            error = f"**{label} was not run.** {reason[:1].upper()}{reason[1:]}"
         except Exception as exc:
             log.exception("dashboard action %s failed", label)
-            status.update(label=f"{label}: failed", state="error")
-            st.error(f"{label} failed unexpectedly: {type(exc).__name__}: {exc}")
-            return None
-        message = success(result) if success else getattr(result, "message", "done")
-        status.update(label=f"{label}: done", state="complete")
+            error = (f"**{label} failed unexpectedly:** {type(exc).__name__}: {exc}. "
+                     "Details are in the server log.")
+    if error is not None:
+        show_outcome(error, "critical")
+        return None
     clear_reads()
-    ok = getattr(result, "ok", True)
-    if rerun and ok:
-        flash(message)
+    message = success(result) if success else getattr(result, "message", "done")
+    severity = outcome_severity(result)
+    if rerun and getattr(result, "ok", True):
+        flash(message, STATUS_BOX[severity])
         st.rerun()
-    (st.success if ok else st.error)(message)
+    show_outcome(message, severity)
     return result
 
 
@@ -213,6 +251,15 @@ def page_header(title: str, caption: str | None = None) -> None:
         if info.demo_data:
             st.badge("Demo data", icon=":material/science:", color="orange",
                      help="These figures come from generated demo traffic, not real users.")
+    from cachelib import demo
+
+    live = demo.live_traffic()
+    if live is not None and live.running:
+        st.badge("Live demo traffic", icon=":material/sensors:", color="green",
+                 help=f"This dashboard's server makes about {live.visits_per_minute:g} demo visits a minute "
+                      "(a few cache calls a second, an occasional write that invalidates, an hourly cleanup) "
+                      "over the demo rows, so live refresh moves. Set CACHE_DEMO_TRAFFIC=off and restart the "
+                      "dashboard to stop it.")
     if not settings().cache_enabled:
         st.warning("**Caching is OFF (CACHE_ENABLED=false):** every call goes straight to the direct query. "
                    "Hit rates fall to zero while it is off.", icon=":material/warning:")
@@ -254,10 +301,15 @@ def no_data(message: str = "No data yet") -> None:
     st.info(message, icon=":material/inbox:")
 
 
-def status_frame(health: pd.DataFrame) -> Any:
-    """The health table with each row coloured by its status (a pandas Styler)."""
+def status_frame(health: pd.DataFrame, column: str = "status") -> Any:
+    """The health table with each row's background in its status's colour (ok green, warning orange,
+    critical red) and the status itself in the strong shade (a pandas Styler). Give it to st.table: that
+    shows every value and recommendation in full, wrapped, where st.dataframe would cut them off."""
     def colour(row: pd.Series) -> list[str]:
-        return [f"background-color: {STATUS_COLOR.get(row['status'], 'transparent')}"] * len(row)
+        status = row[column]
+        background = f"background-color: {STATUS_COLOR.get(status, 'transparent')}"
+        strong = f"; color: {STATUS_CHART_COLOR[status]}; font-weight: 600" if status in STATUS_CHART_COLOR else ""
+        return [background + (strong if name == column else "") for name in row.index]
 
     return health.style.apply(colour, axis=1)
 
@@ -278,103 +330,3 @@ def worst_status(health: pd.DataFrame) -> str:
         return "ok"
     return max(health["status"], key=lambda s: SEVERITY.get(s, 0))
 
-
-def cache_label(name: str | None) -> str:
-    if name is None:
-        return "all caches"
-    return CACHE_LABELS.get(name, name)
-
-
-# --- formatting -------------------------------------------------------------------
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def fmt_bytes(value: Any) -> str:
-    if _missing(value):
-        return "—"
-    size = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(size) < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:,.1f} GB"
-
-
-def fmt_ms(value: Any) -> str:
-    if _missing(value):
-        return "—"
-    ms = float(value)
-    if abs(ms) >= 60_000:
-        return fmt_seconds(ms / 1000)
-    if abs(ms) >= 1000:
-        return f"{ms / 1000:,.2f} s"
-    return f"{ms:,.2f} ms" if abs(ms) < 100 else f"{ms:,.0f} ms"
-
-
-def fmt_seconds(value: Any) -> str:
-    """A span of seconds as 45s, 3m 20s, 2h 5m, 3d 4h; negative spans with a minus sign."""
-    if _missing(value):
-        return "—"
-    seconds = float(value)
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    if seconds < 60:
-        return f"{sign}{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{sign}{minutes}m {secs}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{sign}{hours}h {minutes}m"
-    days, hours = divmod(hours, 24)
-    return f"{sign}{days}d {hours}h"
-
-
-def fmt_expires(value: Any) -> str:
-    if _missing(value):
-        return "—"
-    return f"expired {fmt_seconds(-float(value))} ago" if float(value) <= 0 else f"in {fmt_seconds(value)}"
-
-
-def fmt_pct(value: Any, digits: int = 1) -> str:
-    if _missing(value):
-        return "—"
-    number = float(value)
-    return "—" if math.isnan(number) else f"{number:.{digits}f}%"
-
-
-def fmt_number(value: Any, digits: int = 0) -> str:
-    if _missing(value):
-        return "—"
-    return f"{float(value):,.{digits}f}"
-
-
-def fmt_time(value: Any) -> str:
-    """A timestamp as 'YYYY-MM-DD HH:MM UTC', or 'never'."""
-    if _missing(value):
-        return "never"
-    stamp = pd.Timestamp(value)
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize(UTC)
-    return stamp.tz_convert(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def fmt_ago(value: Any, now: datetime | None = None) -> str:
-    """How long ago, in one rounded unit: 'just now', '16 min ago', '3 h ago', '2 d ago'."""
-    if _missing(value):
-        return "never"
-    now = now or datetime.now(UTC)
-    seconds = (pd.Timestamp(now) - pd.Timestamp(value)).total_seconds()
-    if seconds < 60:
-        return "just now"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{round(seconds / size)} {unit} ago"
-    return "just now"

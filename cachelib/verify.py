@@ -5,10 +5,12 @@ when given, the HTTP API and the dashboard), each with a verdict and, for a
 failure, the exact fix. ``run_checks`` returns the list; the CLI prints one
 line per check and exits 0 only when every required check passes.
 
-Reads only, with two exceptions that are what the application itself does: the
-"cached call" checks call each cached function twice (which stores or reuses a
-cache entry and counts one hit), and the health analysis folds the event log
-into the statistics. A cleanup runs only with ``allow_writes=True``.
+Reads only. The "cached call" checks call each cached function twice (the first
+call stores or reuses an entry, the second must be a hit) and the health analysis
+folds the event log into the statistics, but both run in one transaction that is
+rolled back: the checks see their own entry and their own hit, and afterwards the
+entries, the events and the hourly statistics are exactly as before. Only a commit
+of those writes is not exercised. A cleanup runs only with ``allow_writes=True``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -512,8 +515,20 @@ CACHED_CALLS = {
 }
 
 
+@contextmanager
+def _rolled_back(conn) -> Iterator[None]:
+    """A transaction of its own (``conn`` is in autocommit) that is always rolled back: what the
+    block writes is gone afterwards, and the block still sees its own writes."""
+    with conn.transaction():
+        yield
+        raise psycopg.Rollback()
+
+
 def _operations_checks(run: _Run, conn, url: str, config: Settings, allow_writes: bool) -> None:
     group = "operations"
+    # The cached calls and the health analysis each run in a transaction that is rolled back: their
+    # entries, hit/miss events and the roll-up into the hourly statistics leave no trace (verify must
+    # not change what it measures).
     for cache in CACHED_CALLS:
         run.guarded(group, f"cached call: {cache}", lambda cache=cache: _cached_call_check(conn, cache, config),
                     fix="python -m cachelib maintenance health; check the function's grants and the server log")
@@ -530,7 +545,7 @@ def _cached_call_check(conn, cache: str, config: Settings) -> Check:
     name, group = f"cached call: {cache}", "operations"
     duration = f"{config.duration_for(cache).seconds} seconds"
     key = f"{cache}:all"
-    with conn.transaction():
+    with _rolled_back(conn):
         first = conn.execute(CACHED_CALLS[cache], (duration,)).fetchone()[0]
         second = conn.execute(CACHED_CALLS[cache], (duration,)).fetchone()[0]
         # The events this transaction wrote: the second call must have been a hit.
@@ -551,7 +566,8 @@ def _cached_call_check(conn, cache: str, config: Settings) -> Check:
 
 
 def _health_check(conn) -> Check:
-    rows = conn.execute("SELECT check_name, status FROM public.analyze_cache_health()").fetchall()
+    with _rolled_back(conn):
+        rows = conn.execute("SELECT check_name, status FROM public.analyze_cache_health()").fetchall()
     by_status = {s: [n for n, st in rows if st == s] for s in ("ok", "warning", "critical")}
     detail = f"{len(rows)} checks: {len(by_status['ok'])} ok"
     for level in ("warning", "critical"):

@@ -1,10 +1,13 @@
-"""Maintenance & Health: health checks, cleanup log and statistics, admin actions, emergency clear, audit log."""
+"""Maintenance & Health: health checks and their history, cleanup log and statistics, admin actions,
+emergency clear, deployment verification, audit log."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
@@ -16,6 +19,33 @@ ui.require_login()
 ui.page_header("Maintenance & Health", "Is the cache healthy, and what has maintenance done?")
 
 CONFIRM_LABEL = "I understand this deletes every cache entry"
+EMERGENCY_BUTTON_KEY = "emergency_clear_submit"
+# Streamlit gives every keyed element the CSS class st-key-<key>: the one destructive button is red.
+DESTRUCTIVE_STYLE = f"""<style>
+.st-key-{EMERGENCY_BUTTON_KEY} button {{
+  background-color: {ui.STATUS_CHART_COLOR['critical']}; border-color: {ui.STATUS_CHART_COLOR['critical']};
+  color: #ffffff;
+}}
+.st-key-{EMERGENCY_BUTTON_KEY} button:hover, .st-key-{EMERGENCY_BUTTON_KEY} button:focus {{
+  background-color: #b91c1c; border-color: #b91c1c; color: #ffffff;
+}}
+</style>"""
+HISTORY_DAYS = (7, 30, 90, 365)
+# A recorded status stands until the next record of its check, for at most this long (cleanups run
+# hourly, daily at the least); after that the timeline shows a gap: nothing was recorded.
+HISTORY_HOLD = pd.Timedelta(hours=25)
+DAY_MS = 24 * 3600 * 1000
+CLEANUP_COLORS = ("#2563eb", "#7c3aed", "#94a3b8")
+
+
+def impact_text(impact: dict, what: str) -> str:
+    """One sentence: what ``what`` loses (from queries.clear_impact)."""
+    if impact["entries"] == 0:
+        return f"{what} loses no live entry: nothing is cached there right now."
+    entries = ui.fmt_number(impact["entries"])
+    return (f"{what} loses **{entries} live {'entry' if impact['entries'] == 1 else 'entries'}** "
+            f"({ui.fmt_bytes(impact['bytes'])} of cached results); computing them again costs about "
+            f"**{ui.fmt_ms(impact['compute_ms'])}** of query time, spread over the next calls.")
 
 
 def actions() -> None:
@@ -26,7 +56,8 @@ def actions() -> None:
     maintenance = Maintenance()
     buttons = st.columns(3)
     pressed = {
-        "health": buttons[0].button("Run health check", key="run_health_check", icon=":material/stethoscope:"),
+        "health": buttons[0].button("Run health check", key="run_health_check", icon=":material/stethoscope:",
+                                    help="Runs the health checks and adds them to the health history."),
         "cleanup": buttons[1].button("Clean up expired", key="run_cleanup", icon=":material/cleaning_services:"),
         "optimize": buttons[2].button("Optimize", key="run_optimize", icon=":material/speed:"),
     }
@@ -41,18 +72,28 @@ def actions() -> None:
     if result is not None:
         with st.expander("Details"):
             st.json(result.to_dict())
+    emergency_clear(maintenance, actor)
 
+
+def emergency_clear(maintenance: Maintenance, actor) -> None:
     with st.expander("Emergency Clear All", icon=":material/warning:"):
-        st.warning(f"Deletes **every** cache entry of every cache. The application keeps working (every call "
-                   f"recomputes until the cache refills). Type **{EMERGENCY_TOKEN}** and tick the box to confirm.")
+        st.markdown(DESTRUCTIVE_STYLE, unsafe_allow_html=True)
+        st.warning("Deletes **every** cache entry of every cache. The application keeps working: every call "
+                   "computes from the database until the cache has filled again.", icon=":material/warning:")
+        with ui.guard("what an emergency clear would delete"):
+            st.markdown(impact_text(ui.read("clear_impact"), "Clearing now"))
+        st.markdown(f"To confirm, type `{EMERGENCY_TOKEN}` exactly into the box below, tick the box, then press "
+                    "the red button.")
         with st.form("emergency_clear_form", clear_on_submit=True):
-            token = st.text_input("Confirmation token", key="emergency_token", placeholder=EMERGENCY_TOKEN,
-                                  autocomplete="off")
+            token = st.text_input("Confirmation token", key="emergency_token", autocomplete="off",
+                                  help=f"Exactly {EMERGENCY_TOKEN}, in capitals.")
             understood = st.checkbox(CONFIRM_LABEL, key="emergency_understood")
-            submitted = st.form_submit_button("Emergency Clear All", type="primary")
+            submitted = st.form_submit_button("Emergency Clear All", key=EMERGENCY_BUTTON_KEY,
+                                              icon=":material/delete_forever:")
         if submitted:
             if not understood:
-                st.error("Nothing was deleted: tick the box to confirm that every cache entry will be deleted.")
+                ui.show_outcome("**Nothing was deleted:** tick the box to confirm that every cache entry will be "
+                                "deleted.", "critical")
             else:
                 ui.run_action("Emergency clear", lambda: maintenance.emergency_clear(actor, token.strip()))
 
@@ -63,20 +104,22 @@ def deployment_checks() -> None:
     if not ui.is_admin():
         st.caption("Administrators can run the deployment checks here (python -m cachelib verify).")
         return
-    st.caption("The read-only checks of `python -m cachelib verify`: settings, migrations, the 15 functions, "
-               "triggers, row-level security, grants, cached calls, health and the cleanup schedule.")
+    st.caption("Read-only: the checks of `python -m cachelib verify` (settings, migrations, the 15 functions, "
+               "triggers, row-level security, grants, cached calls, health and the cleanup schedule). The two "
+               "cached calls and the health analysis run in a transaction that is rolled back, so entries, hit "
+               "counts and statistics stay as they are; the one row written is this check's line in the audit "
+               "log.")
     if not st.button("Verify deployment", key="run_verify", icon=":material/fact_check:"):
         return
     result = ui.run_action("Deployment verification", lambda: Maintenance().verify(ui.current_actor()))
     if result is None:
         return
     checks = pd.DataFrame(result.details["checks"])
-    marks = {"pass": "✓", "fail": "✗", "skipped": "–"}
     table = pd.DataFrame({
-        "": checks["status"].map(marks),
+        "Result": checks["status"],
         "Group": checks["group"], "Check": checks["name"], "Found": checks["detail"],
         "Fix": checks["fix"].fillna(""), "Required": checks["required"]})
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(ui.verdict_frame(table, "Result"), hide_index=True, width="stretch")
 
 
 def health() -> None:
@@ -89,13 +132,94 @@ def health() -> None:
     status = ui.worst_status(checks)
     counts = checks["status"].value_counts()
     st.markdown(f"Overall: {ui.STATUS_ICON.get(status, '')} **{status}** — {counts.get('critical', 0)} critical, "
-                f"{counts.get('warning', 0)} warning, {counts.get('ok', 0)} ok")
-    table = checks.rename(columns={"check_name": "Check", "value": "Value", "recommendation": "Recommendation"})
-    st.dataframe(ui.status_frame(table[["Check", "status", "Value", "Recommendation"]]), hide_index=True,
-                 width="stretch", column_config={"status": st.column_config.TextColumn("Status", width="small"),
-                                                 "Check": st.column_config.TextColumn(width="medium"),
-                                                 "Value": st.column_config.TextColumn(width="medium"),
-                                                 "Recommendation": st.column_config.TextColumn(width="large")})
+                f"{counts.get('warning', 0)} warning, {counts.get('ok', 0)} ok. A check that judges a share says "
+                "\"not judged\" until it has its minimum sample.")
+    table = checks.rename(columns={"check_name": "Check", "status": "Status", "value": "Value",
+                                   "recommendation": "Recommendation"})
+    st.table(ui.status_frame(table[["Check", "Status", "Value", "Recommendation"]], "Status"), hide_index=True)
+
+
+def status_segments(history: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
+    """Runs of one status per check: check, status, start, end, records, value (the first record's),
+    source. A record's status stands until the next record of its check, at most HISTORY_HOLD."""
+    if history.empty:
+        return pd.DataFrame(columns=["check", "status", "start", "end", "records", "value", "source"])
+    frame = history.assign(recorded_at=pd.to_datetime(history["recorded_at"], utc=True))
+    pieces = []
+    for check, group in frame.groupby("check_name", sort=False):
+        group = group.sort_values("recorded_at", kind="stable")
+        starts = group["recorded_at"]
+        following = starts.shift(-1).fillna(end)
+        ends = pd.concat([following, starts + HISTORY_HOLD], axis=1).min(axis=1).clip(upper=end)
+        new_run = (group["status"] != group["status"].shift()) | (starts != ends.shift())
+        run = new_run.cumsum()
+        pieces.append(pd.DataFrame({"check": check, "status": group["status"], "start": starts, "end": ends,
+                                    "value": group["value"], "source": group["source"], "run": run}))
+    records = pd.concat(pieces, ignore_index=True)
+    return (records.groupby(["check", "run"], sort=False)
+            .agg(status=("status", "first"), start=("start", "min"), end=("end", "max"),
+                 records=("status", "size"), value=("value", "first"), source=("source", "first"))
+            .reset_index().drop(columns="run"))
+
+
+def health_history() -> None:
+    """the health history"""
+    st.subheader("Health history")
+    days = st.columns([1, 3])[0].selectbox("Period", HISTORY_DAYS, index=HISTORY_DAYS.index(30),
+                                           key="health_history_days", format_func=lambda d: f"last {d} days")
+    end = pd.Timestamp(datetime.now(UTC)).ceil("min")
+    start = end - timedelta(days=days)
+    history = ui.read("health_history", start=start.to_pydatetime(), end=end.to_pydatetime())
+    if history.empty:
+        ui.no_data(f"No health history in the last {days} days: every cleanup and every Run health check "
+                   "records the checks.")
+        return
+    segments = status_segments(history, end)
+    order = [c for c in ui.read("health")["check_name"] if c in set(segments["check"])]
+    order += sorted(set(segments["check"]) - set(order))
+    segments = segments.assign(since=segments["start"].map(ui.fmt_time), until=segments["end"].map(ui.fmt_time))
+    figure = px.timeline(segments, x_start="start", x_end="end", y="check", color="status",
+                         color_discrete_map=ui.STATUS_CHART_COLOR,
+                         category_orders={"check": order, "status": ["ok", "warning", "critical"]},
+                         hover_data={"start": False, "end": False, "check": True, "status": True, "since": True,
+                                     "until": True, "records": True, "value": True, "source": True},
+                         labels={"check": "Check", "status": "Status", "since": "From", "until": "To",
+                                 "records": "Records", "value": "Value", "source": "Recorded by"})
+    # A warning or critical spell too short to see as a bar (one bad hour in 30 days) is also marked with a
+    # diamond; longer spells are bars wide enough on their own.
+    too_narrow = (segments["end"] - segments["start"]) < (end - start) / 150
+    flagged = segments[(segments["status"] != "ok") & too_narrow]
+    for status in ("warning", "critical"):
+        rows = flagged[flagged["status"] == status]
+        if not rows.empty:
+            figure.add_trace(go.Scatter(
+                x=rows["start"] + (rows["end"] - rows["start"]) / 2, y=rows["check"], mode="markers",
+                marker={"symbol": "diamond", "size": 11, "line": {"width": 1, "color": "#ffffff"},
+                        "color": ui.STATUS_CHART_COLOR[status]},
+                name=status, legendgroup=status, showlegend=False,
+                customdata=rows[["value"]], hovertemplate="%{y}: " + status + " at %{x}<br>%{customdata[0]}"
+                                                          "<extra></extra>"))
+    # A history younger than the period is drawn from its first record (a few slivers at the right edge of
+    # 30 days would say nothing); the caption says so.
+    first = segments["start"].min()
+    shown_from = max(start, first - max((end - first) * 0.05, pd.Timedelta(minutes=10)))
+    figure.update_yaxes(title_text=None, categoryorder="array", categoryarray=order, autorange="reversed")
+    figure.update_xaxes(title_text="Time (UTC)", range=[shown_from, end + (end - shown_from) * 0.015])
+    figure.update_layout(height=90 + 34 * len(order), margin={"t": 40, "b": 40, "l": 10, "r": 10},
+                         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "title_text": "Status"})
+    st.plotly_chart(figure, width="stretch", key="chart_health_history")
+    since = f"First record in the last {days} days: {ui.fmt_time(first)}. " if shown_from > start else ""
+    st.caption(since + "Recorded by every cleanup (scheduled or by hand: the state the cleanup found, before it "
+               "removed anything) and by every Run health check. A status stands until the next record, at most "
+               f"{int(HISTORY_HOLD.total_seconds() // 3600)} hours; a gap means nothing was recorded.")
+    changes = segments[segments["status"] != segments.groupby("check")["status"].shift()]
+    changes = changes[changes["start"] > changes.groupby("check")["start"].transform("min")]
+    if not changes.empty:
+        with st.expander(f"Status changes ({len(changes)})"):
+            latest = changes.sort_values("start", ascending=False).head(30)
+            st.table(ui.status_frame(pd.DataFrame({
+                "Time": latest["since"], "Check": latest["check"], "Status": latest["status"],
+                "Value": latest["value"], "Recorded by": latest["source"]}), "Status"), hide_index=True)
 
 
 def cleanup_statistics() -> None:
@@ -105,17 +229,28 @@ def cleanup_statistics() -> None:
     if stats.empty:
         ui.no_data()
         return
+    stats = stats.assign(day=pd.to_datetime(stats["day"]))
+    counts = ("entries_removed", "entries_evicted", "never_hit_removed")
+    most = float(stats[list(counts)].max().max() or 0)
+    freed_max = float(stats["bytes_freed"].max() or 0)
+    unit, scale = ("MB", 1024 * 1024) if freed_max >= 1024 * 1024 else ("KB", 1024)
     figure = make_subplots(specs=[[{"secondary_y": True}]])
-    for column, label in (("entries_removed", "expired removed"), ("entries_evicted", "evicted (size bound)"),
-                          ("never_hit_removed", "never hit before expiry")):
-        figure.add_trace(go.Bar(x=stats["day"], y=stats[column], name=label), secondary_y=False)
-    figure.add_trace(go.Scatter(x=stats["day"], y=stats["bytes_freed"] / 1024, name="KB freed", mode="lines+markers"),
-                     secondary_y=True)
-    figure.update_layout(barmode="group", height=320, margin={"t": 30, "b": 40},
-                         legend={"orientation": "h", "y": -0.25})
-    figure.update_xaxes(title_text="Day (UTC)")
-    figure.update_yaxes(title_text="Entries (count)", secondary_y=False)
-    figure.update_yaxes(title_text="Freed (KB)", secondary_y=True)
+    # Neutral colours: green, orange and red mean ok, warning and critical on this page.
+    for column, label, colour in zip(counts, ("expired removed", "evicted (size bound)", "never hit before expiry"),
+                                     CLEANUP_COLORS, strict=True):
+        figure.add_trace(go.Bar(x=stats["day"], y=stats[column], name=label, marker_color=colour),
+                         secondary_y=False)
+    figure.add_trace(go.Scatter(x=stats["day"], y=stats["bytes_freed"] / scale, name=f"{unit} freed",
+                                mode="lines+markers", line={"color": "#334155"}), secondary_y=True)
+    # Both axes start at zero (a dip must not look like a collapse); the legend sits above the plot,
+    # clear of the axis titles; one tick per day for daily figures.
+    figure.update_layout(barmode="group", height=340, margin={"t": 60, "b": 40},
+                         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
+    figure.update_xaxes(title_text="Day (UTC)", dtick=DAY_MS, tickformat="%b %d")
+    figure.update_yaxes(title_text="Entries (count)", range=[0, max(most * 1.15, 5)], secondary_y=False,
+                        rangemode="tozero", **({"dtick": 1} if most <= 5 else {}))
+    figure.update_yaxes(title_text=f"Freed ({unit})", range=[0, max(freed_max / scale * 1.15, 1)],
+                        secondary_y=True, rangemode="tozero", showgrid=False, tickmode="auto", nticks=6)
     st.plotly_chart(figure, width="stretch", key="chart_cleanup")
     total = stats[["entries_removed", "entries_evicted"]].sum().sum()
     st.caption(f"{int(stats['cleanups'].sum())} cleanups removed {int(total)} entries and freed "
@@ -168,6 +303,8 @@ def monitoring() -> None:
     """the maintenance monitoring"""
     with ui.guard("the health checks"):
         health()
+    with ui.guard("the health history"):
+        health_history()
     with ui.guard("the cleanup statistics"):
         cleanup_statistics()
     with ui.guard("the cleanup log"):

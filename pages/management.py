@@ -19,6 +19,16 @@ DURATION_SETTINGS = {
 MEANINGS = {s.name: s.meaning for s in SETTINGS}
 
 
+def impact_text(impact: dict, what: str) -> str:
+    """What an invalidation loses, from queries.clear_impact: live entries, bytes, the time to compute them."""
+    if impact["entries"] == 0:
+        return f"{what} loses no live entry: nothing is cached there right now."
+    count = impact["entries"]
+    return (f"{what} loses {ui.fmt_number(count)} live {'entry' if count == 1 else 'entries'} "
+            f"({ui.fmt_bytes(impact['bytes'])}); computing {'it' if count == 1 else 'them'} again costs about "
+            f"{ui.fmt_ms(impact['compute_ms'])} of query time.")
+
+
 def source_label(name: str) -> str:
     source = settings().sources.get(name, "default")
     return "environment variable" if source == "environment" else "built-in default"
@@ -83,6 +93,9 @@ def controls(cache_names: list[str]) -> None:
         st.markdown("**Invalidate a whole cache**")
         cache = st.selectbox("Cache to invalidate", cache_names, key="invalidate_cache_name",
                              format_func=ui.cache_label)
+        if cache:
+            with ui.guard("what invalidating the cache would lose"):
+                st.caption(impact_text(ui.read("clear_impact", cache=cache), f"Invalidating {ui.cache_label(cache)}"))
         if st.button("Invalidate cache", key="invalidate_cache", disabled=not cache_names):
             ui.run_action(f"Invalidate {ui.cache_label(cache)}",
                           lambda: maintenance.invalidate(ui.current_actor(), cache=cache), rerun=True)
@@ -90,6 +103,9 @@ def controls(cache_names: list[str]) -> None:
         st.markdown("**Invalidate one key**")
         key = st.text_input("Cache key", key="invalidate_key_text", max_chars=500,
                             placeholder="e.g. expert_sessions:42").strip()
+        if key and "\x00" not in key:
+            with ui.guard("what invalidating the key would lose"):
+                st.caption(impact_text(ui.read("clear_impact", key=key), f"Invalidating {key}"))
         if st.button("Invalidate key", key="invalidate_key"):
             if not key:
                 st.error("Enter the cache key to invalidate (see Top Cache Entries).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from cachelib import ui
+from cachelib import charts, ui
 from cachelib.config import settings
 
 ui.require_login()
@@ -92,8 +92,9 @@ def scorecard() -> None:
                        f"{ui.fmt_time(rows['window_end'].iloc[0])[:10]}): {met} of {len(rows)} targets met")
     st.markdown("  \n".join(summary))
     st.dataframe(ui.verdict_frame(pd.DataFrame({
-        "Milestone": targets["milestone"],
-        "Target": [f"{t} {g:.0f}%" for t, g in zip(targets["target"], targets["goal"], strict=True)],
+        "Window": [charts.window_label(m, start, end) for m, start, end
+                   in zip(targets["milestone"], targets["window_start"], targets["window_end"], strict=True)],
+        "Target": [f"{t} {g:g}%" for t, g in zip(targets["target"], targets["goal"], strict=True)],
         "Cache": targets["cache_name"].map(lambda c: ui.cache_label(None if c == "all caches" else c)),
         "Measured": targets["measured"].map(ui.fmt_pct),
         "Result": [_verdict(s, m) for s, m in zip(targets["state"], targets["met"], strict=True)],

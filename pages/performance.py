@@ -1,197 +1,390 @@
-"""Performance Analysis: hit-rate trends against the targets, load reduction, response times, entry sizes."""
+"""Performance Analysis: the selected range against the targets, then hit rate, load reduction, response
+times and entry sizes over that range, for the chosen caches."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from cachelib import queries, ui
-from cachelib.config import settings
+from cachelib import charts, queries, ui
 
 ui.require_login()
-ui.page_header("Performance Analysis", "How well the cache works over time, against the deployment guide's targets.")
+ui.page_header("Performance Analysis", "How well the cache works over the selected range, against the deployment "
+                                       "guide's targets.")
 
 BUCKET_LABELS = {"hour": "Hour", "day": "Day", "week": "Week"}
-WINDOW_COLORS = {"Week 1": "#f59e0b", "Month 1": "#6366f1"}
-MAX_DAYS = 3650
+MAX_DAYS = 3650          # the read functions go back at most this far
+HOUR_MAX_DAYS = 7        # hourly points beyond a week are an unreadable band
+YOUNG_DAYS = 90          # a deployment younger than this is shown from its first day
+SUBSET_MAX_PERIODS = 120  # load reduction of some caches costs one read per bucket
+HOURLY_READ_DAYS = 400    # read hourly rows (at most 9,600 per cache) up to this far back
+CHOOSE = "Choose at least one cache in the Caches filter above to see this chart."
+STATE_RESULT = {"met": "pass", "missed": "fail", "no data": "no data", "not started": "not started"}
+told: set[str] = set()  # the events sentences already under a chart in this run
 
 
-def cache_targets(cache: str) -> dict[str, float]:
-    """The Week 1 and Month 1 hit-rate targets of one cache (none for caches the guide does not name)."""
-    t = settings().targets
-    return {"expert_sessions": {"Week 1": t.week1_sessions, "Month 1": t.month1_sessions},
-            "product_performance": {"Week 1": t.week1_analytics, "Month 1": t.month1_analytics}}.get(cache, {})
+def aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC)
 
 
-def utc_naive(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, utc=True).dt.tz_convert("UTC").dt.tz_localize(None)
-
-
-def to_naive(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+def default_start(info: queries.Deployment, today: date) -> date:
+    """The deployment's first day while it is younger than YOUNG_DAYS, else the last 30 days."""
+    age = info.now - info.deployed_at
+    if timedelta(0) <= age < timedelta(days=YOUNG_DAYS):
+        return info.deployed_at.astimezone(UTC).date()
+    return today - timedelta(days=29)
 
 
 with ui.guard("the controls"):
     deployment = ui.read("deployment")
     today = deployment.now.astimezone(UTC).date()
-    first_day = max(deployment.deployed_at.astimezone(UTC).date(), today - timedelta(days=MAX_DAYS - 1))
+    first_allowed = today - timedelta(days=MAX_DAYS - 1)
+    start_default = max(first_allowed, default_start(deployment, today))
     controls = st.columns([1, 2, 2])
-    bucket = controls[0].selectbox("Bucket", list(queries.BUCKETS), index=1, key="perf_bucket",
-                                   format_func=BUCKET_LABELS.get)
-    default_start = max(first_day, today - timedelta(days=29))
-    picked = controls[1].date_input("Date range (UTC)", value=(default_start, today), min_value=min(first_day,
-                                    default_start), max_value=today, key="perf_range")
+    # A deployment of a day or two is seen by the hour; anything longer by the day.
+    young = (today - start_default).days + 1 <= 2
+    chosen_bucket = controls[0].selectbox("Bucket", list(queries.BUCKETS), index=0 if young else 1, key="perf_bucket",
+                                          format_func=BUCKET_LABELS.get,
+                                          help=f"Hours are shown for ranges up to {HOUR_MAX_DAYS} days.")
+    picked = controls[1].date_input("Date range (UTC)", value=(start_default, today), min_value=first_allowed,
+                                    max_value=today, key="perf_range",
+                                    help="Defaults to the whole deployment while it is younger than "
+                                         f"{YOUNG_DAYS} days, else the last 30 days.")
     cache_names = ui.read("cache_names")
     chosen = controls[2].multiselect("Caches", cache_names, default=cache_names, key="perf_caches",
                                      format_func=ui.cache_label)
 
     if isinstance(picked, (tuple, list)):
-        start_day = picked[0] if picked else default_start
-        end_day = picked[1] if len(picked) > 1 else today
+        start_day = picked[0] if picked else start_default
+        end_day = picked[1] if len(picked) > 1 else start_day
     else:
         start_day = end_day = picked if isinstance(picked, date) else today
     range_start = datetime.combine(start_day, time.min)
     range_end = datetime.combine(end_day, time.min) + timedelta(days=1)
+    span_days = (end_day - start_day).days + 1
     days = min(MAX_DAYS, max(1, (today - start_day).days + 1))
+    bucket = chosen_bucket
+    if chosen_bucket == "hour" and span_days > HOUR_MAX_DAYS:
+        bucket = "day"
+        st.info(f"Hourly buckets are shown for ranges up to {HOUR_MAX_DAYS} days; this range has {span_days} "
+                "days, so it is shown by day. Pick a shorter range to see hours.", icon=":material/info:")
+    grid = charts.periods(range_start, range_end, bucket)
+    period = charts.period_label(range_start, range_end)
+    every = {"hour": "hourly", "day": "daily", "week": "weekly"}[bucket]
+    all_chosen = set(chosen) == set(cache_names)
+    # Series are read by the hour and summed here into UTC days and weeks, whatever the database session's
+    # TimeZone (its date_trunc('day') would cut local days); by the day only for very long reads.
+    source_bucket = "hour" if bucket == "hour" or days <= HOURLY_READ_DAYS else "day"
 
 
-def in_range(frame: pd.DataFrame, column: str = "bucket") -> pd.DataFrame:
+def regroup(frame: pd.DataFrame, sums: list[str], by: list[str]) -> pd.DataFrame:
+    """Rows of a series (bucket column) summed into the buckets of ``grid`` (weeks clipped to the range),
+    with the bucket's mid, label, start and end."""
     if frame.empty:
         return frame
-    frame = frame.copy()
-    frame[column] = utc_naive(frame[column])
-    return frame[(frame[column] >= range_start) & (frame[column] < range_end)]
+    frame = frame.assign(start=charts.period_of(frame["bucket"], range_start, range_end, bucket)).dropna(
+        subset=["start"])
+    if frame.empty:
+        return frame
+    grouped = frame.groupby(["start", *by], as_index=False)[sums].sum()
+    return grouped.merge(grid, on="start", how="inner").sort_values(["start", *by])
 
 
-def target_windows() -> dict[str, tuple[datetime, datetime]]:
-    """The Week 1 / Month 1 windows clipped to the shown range (missing when outside it)."""
-    start = to_naive(deployment.deployed_at)
-    windows = {}
-    for name, (offset_start, offset_end) in queries.WINDOWS.items():
-        x0, x1 = max(start + offset_start, range_start), min(start + offset_end, range_end)
-        if x0 < x1:
-            windows[name] = (x0, x1)
-    return windows
+def on_grid(data: pd.DataFrame) -> pd.DataFrame:
+    """``data`` (one cache's rows of a regrouped series) with a row for every bucket of the range: a bucket
+    without calls has no value, so the line breaks there instead of bridging it."""
+    return grid.merge(data.drop(columns=["end", "mid", "label", "partial"]), on="start", how="left")
 
 
-def shade_windows(figure: go.Figure, **where) -> None:
-    for name, (x0, x1) in target_windows().items():
-        figure.add_vrect(x0=x0, x1=x1, fillcolor=WINDOW_COLORS[name], opacity=0.10, line_width=0, layer="below",
-                         annotation_text=name, annotation_position="top left" if name == "Week 1" else "top right",
-                         **where)
-
-
-def hit_rate_chart(series: pd.DataFrame) -> None:
-    st.subheader("Hit rate per cache")
+def hit_rates() -> pd.DataFrame:
+    """Per bucket and chosen cache: hits, misses, fallbacks, hit_rate, avg_hit_ms, avg_miss_ms."""
+    series = ui.numeric(ui.read("hit_rate_series", days=days, bucket=source_bucket),
+                        "hit_rate", "avg_hit_ms", "avg_miss_ms")
     if series.empty:
-        ui.no_data()
+        return series
+    series = series[series["cache_name"].isin(chosen)]
+    series = series.assign(hit_ms=series["avg_hit_ms"].fillna(0) * series["hits"],
+                           miss_ms=series["avg_miss_ms"].fillna(0) * series["misses"])
+    series = regroup(series, ["hits", "misses", "fallbacks", "hit_ms", "miss_ms"], ["cache_name"])
+    if series.empty:
+        return series
+    calls = series["hits"] + series["misses"] + series["fallbacks"]
+    return series.assign(hit_rate=(100.0 * series["hits"] / calls.where(calls > 0)).round(2),
+                         avg_hit_ms=series["hit_ms"] / series["hits"].where(series["hits"] > 0),
+                         avg_miss_ms=series["miss_ms"] / series["misses"].where(series["misses"] > 0))
+
+
+def load_series() -> tuple[pd.DataFrame, str | None]:
+    """Per bucket: compute_ms_spent, compute_ms_saved, load_reduction of the chosen caches; and a note
+    when the buckets had to be coarser than the chosen ones."""
+    if all_chosen:
+        load = ui.numeric(ui.read("load_reduction_series", days=days, bucket=source_bucket),
+                          "compute_ms_spent", "compute_ms_saved")
+        load = regroup(load, ["compute_ms_spent", "compute_ms_saved"], [])
+        note = None
+    else:
+        # No series read splits load by cache: sum period_totals of the chosen caches bucket by bucket.
+        buckets, note = grid, None
+        if len(buckets) > SUBSET_MAX_PERIODS:
+            buckets = charts.periods(range_start, range_end, "week")
+            note = (f"Load reduction of some of the caches is drawn by week for ranges of more than "
+                    f"{SUBSET_MAX_PERIODS} {bucket}s.")
+        if len(buckets) > SUBSET_MAX_PERIODS:
+            return pd.DataFrame(), (f"This range has {len(buckets)} weeks: too long to split load reduction by "
+                                    "cache. Choose all caches or a shorter range.")
+        rows = []
+        for part in buckets.itertuples(index=False):
+            totals = ui.read("period_totals", start=aware(part.start), end=aware(part.end))
+            if totals.empty:
+                continue
+            mine = totals[totals["cache_name"].isin(chosen)]
+            rows.append({"start": part.start, "compute_ms_spent": float(mine["compute_ms_spent"].sum()),
+                         "compute_ms_saved": float(mine["compute_ms_saved"].sum()), "calls": float(
+                             (mine["hits"] + mine["misses"] + mine["fallbacks"]).sum())})
+        load = pd.DataFrame(rows, columns=["start", "compute_ms_spent", "compute_ms_saved", "calls"])
+        load = load[load["calls"] > 0].merge(buckets, on="start") if not load.empty else load
+    if load.empty:
+        return load, note
+    total = load["compute_ms_spent"] + load["compute_ms_saved"]
+    return load.assign(load_reduction=(100.0 * load["compute_ms_saved"] / total.where(total > 0)).round(2)), note
+
+
+def finish(figure: go.Figure, title: str, events: pd.DataFrame, height: int, legend: bool = True) -> str:
+    """The shared look: exact time axis, the target windows, what happened. Returns the sentence about the
+    vertical lines for the caption: in full under the first chart of the page, then a pointer to it."""
+    charts.layout(figure, title, height=height, legend=legend)
+    charts.time_axis(figure, range_start, range_end, bucket)
+    charts.shade_windows(figure, deployment.deployed_at, range_start, range_end)
+    sentence = charts.add_events(figure, events, range_start, range_end)
+    if sentence in told:
+        return " Vertical lines as on the chart above." if not events.empty else ""
+    told.add(sentence)
+    return " " + sentence
+
+
+# --- the figures -------------------------------------------------------------------------------
+
+def scorecard(totals: pd.DataFrame, status: pd.DataFrame) -> None:
+    st.subheader(f"Targets: selected range ({period}) and target windows")
+    if chosen:
+        columns = st.columns(len(chosen) + 1)
+        for column, cache in zip(columns, chosen, strict=False):
+            row = totals[totals["cache_name"] == cache] if not totals.empty else totals
+            calls = int(row[["hits", "misses", "fallbacks"]].to_numpy().sum()) if not row.empty else 0
+            value = row["hit_rate"].iloc[0] if calls else None
+            column.metric(f"{ui.cache_label(cache)} hit rate", ui.fmt_pct(value),
+                          help=f"{calls:,} calls from {period} (UTC)")
+        mine = totals[totals["cache_name"].isin(chosen)] if not totals.empty else totals
+        which = "all caches" if all_chosen else ", ".join(ui.cache_label(c) for c in chosen)
+        columns[-1].metric(f"Load reduction ({which})", ui.fmt_pct(queries.load_reduction(mine)),
+                           help="Share of direct-query time that hits avoided, " + period)
+    rows = []
+    for target in queries.targets():
+        if target.cache_name is not None and target.cache_name not in chosen:
+            continue
+        value = queries.measure(totals, target)
+        met = target.met(value)
+        rows.append({"Target": f"{target.milestone}: {target.name}", "Cache": ui.cache_label(target.cache_name),
+                     "Window": f"selected range {period}", "Measured": ui.fmt_pct(value),
+                     "Result": "no data" if met is None else ("pass" if met else "fail")})
+        match = status[(status["milestone"] == target.milestone) & (status["target"] == target.label)
+                       & (status["cache_name"] == (target.cache_name or "all caches"))] if not status.empty else status
+        if match.empty:
+            continue
+        own = match.iloc[0]
+        state = own["state"]
+        if state == "in progress":
+            result = "no data" if own["met"] is None or pd.isna(own["met"]) else \
+                ("on track" if own["met"] else "below target so far")
+        else:
+            result = STATE_RESULT.get(state, state)
+        window = charts.window_label(target.milestone, own["window_start"], own["window_end"])
+        rows.append({"Target": f"{target.milestone}: {target.name}", "Cache": ui.cache_label(target.cache_name),
+                     "Window": window + (" so far" if state == "in progress" else ""),
+                     "Measured": ui.fmt_pct(own["measured"]), "Result": result})
+    # A static table: ten rows at most, all of them readable at once (and in a screenshot).
+    st.table(ui.verdict_frame(pd.DataFrame(rows, columns=["Target", "Cache", "Window", "Measured", "Result"]),
+                              "Result").hide(axis="index"))
+    st.caption("Each target judged over the selected range (as it stands, today so far) and over its own window "
+               f"after the deployment on {ui.fmt_time(deployment.deployed_at)}: Week 1 is days 1-7, Month 1 "
+               "days 8-30. Hit-rate targets must be exceeded, load reduction reached. Hit-rate targets of caches "
+               "outside the filter are left out; load reduction is judged on all caches together.")
+
+
+def hit_rate_chart(series: pd.DataFrame, events: pd.DataFrame) -> None:
+    st.subheader("Hit rate per cache")
+    if not chosen:
+        ui.no_data(CHOOSE)
         return
-    caches = [c for c in chosen if c in set(series["cache_name"])]
-    figure = make_subplots(rows=len(caches), cols=1, shared_xaxes=True, vertical_spacing=0.12,
+    caches = [c for c in chosen if not series.empty and c in set(series["cache_name"])]
+    if not caches:
+        ui.no_data(f"No calls to the chosen caches in {period}.")
+        return
+    figure = make_subplots(rows=len(caches), cols=1, shared_xaxes=True, vertical_spacing=0.14,
                            subplot_titles=[ui.cache_label(c) for c in caches])
     for row, cache in enumerate(caches, start=1):
-        data = series[series["cache_name"] == cache]
-        figure.add_trace(go.Scatter(x=data["bucket"], y=data["hit_rate"], mode="lines+markers",
-                                    name=ui.cache_label(cache),
-                                    line={"color": ui.CACHE_COLORS.get(ui.cache_label(cache), "#2563eb")},
-                                    customdata=data[["hits", "misses", "fallbacks"]],
-                                    hovertemplate="%{x}<br>hit rate %{y:.1f}%<br>hits %{customdata[0]}, "
-                                                  "misses %{customdata[1]}, fallbacks %{customdata[2]}"
-                                                  "<extra></extra>"),
-                         row=row, col=1)
-        for milestone, goal in cache_targets(cache).items():
-            figure.add_hline(y=goal, line_dash="dot" if milestone == "Week 1" else "dash",
-                             line_color=WINDOW_COLORS[milestone], row=row, col=1,
-                             annotation_text=f"{milestone} target > {goal:.0f}%", annotation_position="bottom right")
-        figure.update_yaxes(title_text="Hit rate (%)", range=[0, 100], row=row, col=1)
-    shade_windows(figure, row="all", col=1)
-    figure.update_xaxes(title_text="Time (UTC)", row=len(caches), col=1)
-    figure.update_layout(height=280 * len(caches) + 60, showlegend=False, margin={"t": 40, "b": 40})
-    st.plotly_chart(figure, width="stretch", key="chart_hit_rate")
-    st.caption("Shaded: the Week 1 (days 1-7) and Month 1 (days 8-30) windows after deployment. "
-               "Dotted line: Week 1 target; dashed: Month 1 target.")
+        data = on_grid(series[series["cache_name"] == cache])
+        color = charts.series_color(cache)
+        figure.add_trace(go.Scatter(
+            x=data["mid"], y=data["hit_rate"], mode="lines+markers", name=ui.cache_label(cache),
+            line={"color": color, "width": 2}, marker={"size": 6 if bucket != "hour" else 4}, cliponaxis=False,
+            connectgaps=False,
+            customdata=data[["label", "hits", "misses", "fallbacks"]],
+            hovertemplate="%{customdata[0]}<br>hit rate %{y:.1f}%<br>hits %{customdata[1]:,}, misses "
+                          "%{customdata[2]:,}, fallbacks %{customdata[3]:,}<extra>" + ui.cache_label(cache)
+                          + "</extra>"), row=row, col=1)
+        for target in queries.targets():
+            if target.cache_name == cache:
+                charts.add_target(figure, target, row=row, col=1)
+        figure.update_yaxes(title_text="Hit rate (%)", ticksuffix="%", row=row, col=1)
+    charts.zero_based(figure, top=100)
+    note = finish(figure, f"Hit rate per cache, {period} ({every}, UTC)", events, 250 * len(caches) + 130,
+                  legend=False)
+    charts.show(figure, key="chart_hit_rate", filename=charts.filename("hit-rate", range_start, range_end))
+    st.caption("Hits as a share of all calls per bucket (a gap: no calls). Each cache's target lines are drawn "
+               "in its colour: dotted the Week 1 target, dashed the Month 1 target. Shaded: the Week 1 and Month 1 "
+               "windows." + note)
 
 
-def load_chart(load: pd.DataFrame) -> None:
+def load_chart(load: pd.DataFrame, note: str | None, events: pd.DataFrame) -> None:
     st.subheader("Database load reduction")
+    if not chosen:
+        ui.no_data(CHOOSE)
+        return
     if load.empty:
-        ui.no_data()
+        ui.no_data(note if note else f"No calls to the chosen caches in {period}.")
         return
-    goal = settings().targets.load_reduction
-    figure = px.bar(load, x="bucket", y="load_reduction",
-                    labels={"bucket": "Time (UTC)", "load_reduction": "Load reduction (%)"},
-                    hover_data={"compute_ms_saved": ":.1f", "compute_ms_spent": ":.1f"})
-    figure.add_hline(y=goal, line_dash="dash", line_color="#dc2626",
-                     annotation_text=f"Month 1 target ≥ {goal:.0f}%", annotation_position="top left",
-                     annotation_bgcolor="rgba(255,255,255,0.85)")
-    shade_windows(figure)
-    figure.update_yaxes(range=[0, 100])
-    figure.update_layout(height=340, margin={"t": 30, "b": 40})
-    st.plotly_chart(figure, width="stretch", key="chart_load")
+    which = "all caches" if all_chosen else ", ".join(ui.cache_label(c) for c in chosen)
+    color = charts.series_color(chosen[0]) if len(chosen) == 1 else charts.ALL_CACHES_COLOR
+    widths = [(end - start) / timedelta(milliseconds=1) * 0.8 for start, end in zip(load["start"], load["end"],
+                                                                                      strict=True)]
+    figure = go.Figure(go.Bar(
+        # Lighter bars, so that the target line in the same colour shows where it crosses them.
+        x=load["mid"], y=load["load_reduction"], width=widths, marker_color=color, marker_opacity=0.55,
+        name=f"Load reduction ({which})",
+        customdata=load[["label", "compute_ms_saved", "compute_ms_spent"]],
+        hovertemplate="%{customdata[0]}<br>load reduction %{y:.1f}%<br>query time avoided %{customdata[1]:,.0f} ms,"
+                      " spent %{customdata[2]:,.0f} ms<extra></extra>"))
+    goal = next(t for t in queries.targets() if t.metric == "load_reduction")
+    charts.add_target(figure, goal, color=color)
+    charts.zero_based(figure, top=100)
+    figure.update_yaxes(title_text="Load reduction (%)", ticksuffix="%")
+    events_note = finish(figure, f"Database load reduction ({which}), {period} ({every}, UTC)", events, 360,
+                         legend=False)
+    charts.show(figure, key="chart_load", filename=charts.filename("load-reduction", range_start, range_end))
     saved, spent = load["compute_ms_saved"].sum(), load["compute_ms_spent"].sum()
-    if saved + spent > 0:
-        st.caption(f"Over the range: {ui.fmt_ms(saved)} of query time avoided, {ui.fmt_ms(spent)} spent "
-                   f"({100 * saved / (saved + spent):.1f}% reduction).")
+    summary = (f"Over {period}: {ui.fmt_ms(saved)} of query time avoided, {ui.fmt_ms(spent)} spent "
+               f"({100 * saved / (saved + spent):.1f}% reduction). ") if saved + spent > 0 else ""
+    target_note = "" if all_chosen else "The target applies to all caches together. "
+    st.caption(summary + "Share of direct-query time that hits avoided, per bucket; dashed: the Month 1 target. "
+               + target_note + (note if note else "") + events_note)
 
 
-def response_chart(series: pd.DataFrame) -> None:
+def response_chart(series: pd.DataFrame, events: pd.DataFrame) -> None:
     st.subheader("Response time: hit vs miss")
-    timed = series.dropna(subset=["avg_hit_ms", "avg_miss_ms"], how="all")
-    if timed.empty:
-        ui.no_data()
+    if not chosen:
+        ui.no_data(CHOOSE)
         return
-    long = timed.melt(id_vars=["bucket", "cache_name"], value_vars=["avg_hit_ms", "avg_miss_ms"],
-                      var_name="kind", value_name="ms").dropna(subset=["ms"])
-    long["kind"] = long["kind"].map({"avg_hit_ms": "hit (from cache)", "avg_miss_ms": "miss (computed)"})
-    long["cache"] = long["cache_name"].map(ui.cache_label)
-    figure = px.line(long, x="bucket", y="ms", color="cache", line_dash="kind", markers=True, log_y=True,
-                     color_discrete_map=ui.CACHE_COLORS,
-                     labels={"bucket": "Time (UTC)", "ms": "Mean response time (ms, log scale)",
-                             "kind": "Call", "cache": "Cache"})
-    figure.update_layout(height=340, margin={"t": 30, "b": 40})
-    st.plotly_chart(figure, width="stretch", key="chart_response")
-    hits = (timed["avg_hit_ms"] * timed["hits"]).sum() / max(timed["hits"].sum(), 1)
-    misses = (timed["avg_miss_ms"] * timed["misses"]).sum() / max(timed["misses"].sum(), 1)
+    timed = series.dropna(subset=["avg_hit_ms", "avg_miss_ms"], how="all") if not series.empty else series
+    if timed.empty:
+        ui.no_data(f"No timed calls to the chosen caches in {period}.")
+        return
+    figure = go.Figure()
+    for cache in [c for c in chosen if c in set(timed["cache_name"])]:
+        data = on_grid(timed[timed["cache_name"] == cache])
+        for column, kind, dash in (("avg_hit_ms", "hit (from cache)", "solid"),
+                                   ("avg_miss_ms", "miss (computed)", "dot")):
+            figure.add_trace(go.Scatter(
+                x=data["mid"], y=data[column], mode="lines+markers", name=f"{ui.cache_label(cache)}: {kind}",
+                line={"color": charts.series_color(cache), "dash": dash, "width": 2},
+                marker={"size": 5 if bucket != "hour" else 4, "symbol": "circle" if dash == "solid" else "diamond"},
+                connectgaps=False,
+                customdata=data[["label"]], hovertemplate="%{customdata[0]}<br>%{y:.2f} ms<extra>"
+                + f"{ui.cache_label(cache)}: {kind}</extra>"))
+    charts.log_axis(figure, pd.concat([timed["avg_hit_ms"], timed["avg_miss_ms"]]))
+    figure.update_yaxes(title_text="Mean response time (log scale)")
+    note = finish(figure, f"Mean response time, hit vs miss, {period} ({every}, UTC)", events, 460)
+    charts.show(figure, key="chart_response", filename=charts.filename("response-time", range_start, range_end))
+    hits = (timed["avg_hit_ms"].fillna(0) * timed["hits"]).sum() / max(timed["hits"].sum(), 1)
+    misses = (timed["avg_miss_ms"].fillna(0) * timed["misses"]).sum() / max(timed["misses"].sum(), 1)
+    st.caption("Solid: hits served from the cache; dotted: misses that ran the direct query. Each grid line is "
+               "ten times the one below." + note)
     columns = st.columns(3)
-    columns[0].metric("Mean hit time", ui.fmt_ms(hits))
-    columns[1].metric("Mean miss time", ui.fmt_ms(misses))
+    columns[0].metric("Mean hit time", ui.fmt_ms(hits) if timed["hits"].sum() else "—")
+    columns[1].metric("Mean miss time", ui.fmt_ms(misses) if timed["misses"].sum() else "—")
     columns[2].metric("A hit is faster by", f"{misses / hits:,.1f}×" if hits > 0 and misses > 0 else "—")
 
 
 def size_chart() -> None:
-    st.subheader("Entry size distribution")
-    sizes = ui.read("size_distribution")
-    if sizes.empty or sizes["entries"].sum() == 0:
+    st.subheader("Entry size distribution (now)")
+    if not chosen:
+        ui.no_data(CHOOSE)
+        return
+    classes = ui.read("size_distribution")
+    if classes.empty:
         ui.no_data("No data yet: the cache holds no entries.")
         return
-    figure = px.bar(sizes, x="size_class", y="entries", text="entries",
-                    labels={"size_class": "Entry size", "entries": "Entries (count)"},
-                    hover_data={"total_bytes": True})
-    figure.update_layout(height=300, margin={"t": 30, "b": 40})
-    st.plotly_chart(figure, width="stretch", key="chart_sizes")
+    figure = go.Figure()
+    truncated = []
+    if all_chosen:
+        figure.add_trace(go.Bar(x=classes["size_class"], y=classes["entries"], text=classes["entries"],
+                                marker_color=charts.ALL_CACHES_COLOR, name="all caches",
+                                customdata=classes["total_bytes"].map(ui.fmt_bytes),
+                                hovertemplate="%{x}: %{y:,} entries, %{customdata}<extra></extra>"))
+        shown = int(classes["entries"].sum())
+    else:
+        # No size read per cache: class the chosen caches' entries (up to 10,000 each) by the same bounds.
+        bounds = list(classes["lower_bytes"].astype(float))
+        shown = 0
+        for cache in chosen:
+            entries = ui.read("top_entries", limit=10000, order_by="size", cache=cache)
+            if len(entries) >= 10000:
+                truncated.append(ui.cache_label(cache))
+            position = pd.cut(entries["size_bytes"].astype(float), bins=[*bounds, float("inf")], right=False,
+                              labels=False) if not entries.empty else pd.Series(dtype=float)
+            counts = position.value_counts().reindex(range(len(bounds)), fill_value=0)
+            shown += int(counts.sum())
+            figure.add_trace(go.Bar(x=classes["size_class"], y=list(counts), text=list(counts),
+                                    marker_color=charts.series_color(cache), name=ui.cache_label(cache),
+                                    hovertemplate="%{x}: %{y:,} entries<extra>" + ui.cache_label(cache)
+                                    + "</extra>"))
+    if shown == 0:
+        ui.no_data("No data yet: the chosen caches hold no entries.")
+        return
+    charts.layout(figure, "Entries by size, now" + ("" if all_chosen else " (" + ", ".join(
+        ui.cache_label(c) for c in chosen) + ")"), height=320, legend=not all_chosen)
+    figure.update_layout(barmode="group")
+    figure.update_xaxes(title_text="Entry size")
+    figure.update_yaxes(title_text="Entries (count)")
+    charts.zero_based(figure)
+    charts.show(figure, key="chart_sizes", filename=charts.filename("entry-sizes"))
+    st.caption("Entries held now (live and expired, not yet cleaned up), by stored size."
+               + (f" Largest 10,000 entries only for {', '.join(truncated)}." if truncated else ""))
 
 
-def charts() -> None:
-    """the performance charts"""
-    series = ui.numeric(ui.read("hit_rate_series", days=days, bucket=bucket), "hit_rate", "avg_hit_ms",
-                        "avg_miss_ms")
-    series = in_range(series)
-    series = series[series["cache_name"].isin(chosen)] if not series.empty else series
-    load = in_range(ui.numeric(ui.read("load_reduction_series", days=days, bucket=bucket), "load_reduction",
-                               "compute_ms_spent", "compute_ms_saved"))
+def page() -> None:
+    """the performance figures"""
+    told.clear()
+    totals = ui.numeric(ui.read("period_totals", start=aware(range_start), end=aware(range_end)), "hit_rate",
+                        "compute_ms_spent", "compute_ms_saved")
+    status = ui.numeric(ui.read("target_status"), "measured", "goal")
+    events = ui.read("events", start=aware(range_start), end=aware(range_end))
+    with ui.guard("the targets"):
+        scorecard(totals, status)
+    series = hit_rates() if chosen else pd.DataFrame()
     with ui.guard("the hit-rate chart"):
-        hit_rate_chart(series)
+        hit_rate_chart(series, events)
     with ui.guard("the load-reduction chart"):
-        load_chart(load)
+        load, note = load_series() if chosen else (pd.DataFrame(), None)
+        load_chart(load, note, events)
     with ui.guard("the response-time chart"):
-        response_chart(series)
+        response_chart(series, events)
     with ui.guard("the size distribution"):
         size_chart()
 
 
-ui.live(charts)
+ui.live(page)

@@ -184,3 +184,22 @@ def dashboard(app_env, traffic, credentials_file, navigation_mode, monkeypatch):
     return app_env
 
 
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright, one per browser test module."""
+    from tests.browser import chromium
+
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def server(traffic, tmp_path_factory):
+    """The real dashboard under `streamlit run` against the module's database, after some traffic.
+    Log in with tests.browser.log_in (the admin's password is tests.browser.ADMIN_PASSWORD)."""
+    from tests.browser import streamlit_server
+
+    with streamlit_server(traffic, tmp_path_factory.mktemp("browser")) as started:
+        yield started

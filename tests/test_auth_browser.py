@@ -11,14 +11,14 @@ import psycopg
 import pytest
 
 from cachelib import auth
-from tests.test_dashboard_browser import ADMIN_PASSWORD, _settle, browser, server  # noqa: F401 - fixtures
+from tests.browser import ADMIN_PASSWORD, settle
 
 pytestmark = pytest.mark.browser
 
 
 def log_in(page, url: str, password: str = ADMIN_PASSWORD) -> None:
     page.goto(url, wait_until="domcontentloaded")
-    _settle(page, "pgcache-admin")  # the login form, once its script run has finished
+    settle(page, "pgcache-admin")  # the login form, once its script run has finished
     page.get_by_label("Username").fill("admin")
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Log in").click()
@@ -35,15 +35,15 @@ def shows_login_form(page) -> bool:
     return page.locator("h1", has_text="Cache Overview").count() == 0
 
 
-def test_a_cookie_copied_before_logout_no_longer_logs_in(server, browser):  # noqa: F811
+def test_a_cookie_copied_before_logout_no_longer_logs_in(server, browser):
     url = server["url"]
     owner = browser.new_context()
     page = owner.new_page()
     log_in(page, url)
-    _settle(page, "Cache Overview")
+    settle(page, "Cache Overview")
     page.wait_for_function(f"() => document.cookie.includes('{auth.COOKIE_NAME}=')", timeout=30_000)
     page.reload(wait_until="domcontentloaded")
-    _settle(page, "Cache Overview")  # the cookie logs in after a reload
+    settle(page, "Cache Overview")  # the cookie logs in after a reload
     captured = login_cookie(owner)
     copy = {"name": captured["name"], "value": captured["value"], "url": url}
 
@@ -51,7 +51,7 @@ def test_a_cookie_copied_before_logout_no_longer_logs_in(server, browser):  # no
     thief.add_cookies([copy])
     stolen = thief.new_page()
     stolen.goto(url, wait_until="domcontentloaded")
-    _settle(stolen, "Cache Overview")  # while the session is open, the copy works
+    settle(stolen, "Cache Overview")  # while the session is open, the copy works
 
     page.locator('[data-testid="stSidebar"]').get_by_role("button", name="Log out").click()
     assert shows_login_form(page)

@@ -144,3 +144,43 @@ def test_an_unusable_data_directory_is_reported(tmp_path):
     blocker.write_text("not a directory")
     result = run_cli("db", "start", env={"CACHELIB_DATA_DIR": str(blocker / "pg"), "DATABASE_URL": ""})
     assert result.returncode == 1 and "CACHELIB_DATA_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_prints_readable_tables_with_units(app_env, traffic):
+    import re
+
+    result = CliRunner().invoke(cli, ["status"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for name in ("expert_sessions", "product_performance", "all caches", "Sessions hit rate above",
+                 "Analytics hit rate above", "Database load reduction at least"):
+        assert name in out, name  # full names, never cut
+    assert "..." not in out
+    assert re.search(r"\b\d+\.\d%", out)  # rates in %
+    assert re.search(r"\b\d+(\.\d)? (bytes|KB|MB)\b", out)  # sizes for people
+    for milestone in ("Week 1", "Month 1"):
+        assert re.search(rf"{milestone} targets, \d{{4}}-\d\d-\d\d \d\d:\d\d UTC to \d{{4}}-\d\d-\d\d \d\d:\d\d UTC",
+                         out), milestone
+    assert re.search(r"Last cleanup: (never|\d{4}-\d\d-\d\d \d\d:\d\d UTC)", out)
+
+
+def test_status_json_keeps_its_shape(app_env, traffic):
+    result = CliRunner().invoke(cli, ["status", "--json"], catch_exceptions=False)
+    body = json.loads(result.output)
+    assert set(body) == {"overview", "targets"}
+    assert {"cache_name", "entries", "live_entries", "total_bytes", "hit_rate_today", "hit_rate_7d", "hit_rate_30d",
+            "load_reduction_30d", "fallbacks_7d"} <= set(body["overview"][0])
+    assert set(body["targets"][0]) == {"milestone", "target", "cache_name", "window_start", "window_end", "measured",
+                                       "goal", "state", "met"}
+    assert isinstance(body["overview"][0]["total_bytes"], int)  # numbers stay numbers, without units
+
+
+def test_status_units():
+    from cachelib.__main__ import _count, _percent, _size, _table
+
+    assert _count(1234567) == "1,234,567" and _count(None) == "-"
+    assert _percent(78.456) == "78.5%" and _percent(float("nan")) == "-"
+    assert _size(512) == "512 bytes" and _size(12595) == "12.3 KB" and _size(5 * 1024**2) == "5.0 MB"
+    assert _size(3 * 1024**3) == "3.0 GB"
+    header, row = _table(["CACHE", "SIZE"], [["a_very_long_cache_name", "12.3 KB"]])
+    assert row == "  a_very_long_cache_name  12.3 KB" and header == "  CACHE                      SIZE"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -197,17 +199,35 @@ def test_overview_shows_the_guide_numbers(dashboard):
     assert total > 0 and hit > 0
     assert {"Entries", "Cache size", "Load reduction", "Fallbacks 7 d", "Last cleanup", "Health"} <= set(metrics)
     scorecard = at.dataframe[-1].value
-    assert list(scorecard["Milestone"]) == ["Week 1", "Week 1", "Month 1", "Month 1", "Month 1"]
+    # Every figure names its window, with its dates.
+    assert [w.split(" (")[0] for w in scorecard["Window"]] == ["Week 1", "Week 1", "Month 1", "Month 1", "Month 1"]
+    assert all(re.fullmatch(r"(Week|Month) 1 \(\w{3} \d+ \d\d:\d\d-\w{3} \d+ \d\d:\d\d\)", w)
+               for w in scorecard["Window"])
     assert "Database load reduction at least 40%" in list(scorecard["Target"])
 
 
 def test_performance_controls(dashboard):
     at = logged_in("admin", "pages/performance.py")
+    # The module's deployment is minutes old: the range is its first day, by the hour.
+    assert at.selectbox(key="perf_bucket").value == "hour"
     for bucket in ("hour", "week"):
         at.selectbox(key="perf_bucket").select(bucket).run()
         assert not at.exception and not at.error
     at.multiselect(key="perf_caches").unselect("product_performance").run()
     assert not at.exception and not at.error
+    # Hours only up to 7 days; one cache's load reduction by week beyond 120 days, refused beyond 120 weeks.
+    today = at.date_input(key="perf_range").value[1]
+    at.selectbox(key="perf_bucket").select("hour").run()
+    at.date_input(key="perf_range").set_value((today - timedelta(days=200), today)).run()
+    assert not at.exception and not at.error
+    assert any("Hourly buckets are shown for ranges up to 7 days" in t for t in texts(at, "info"))
+    assert any("drawn by week for ranges of more than 120 days" in t for t in texts(at, "caption"))
+    at.date_input(key="perf_range").set_value((today - timedelta(days=1000), today)).run()
+    assert any("too long to split load reduction by cache" in t for t in texts(at, "info"))
+    at.multiselect(key="perf_caches").unselect("expert_sessions").run()
+    assert not at.exception and not at.error
+    choose = [t for t in texts(at, "info") if t.startswith("Choose at least one cache")]
+    assert len(choose) == 4 and len(set(choose)) == 1 and not at.get("plotly_chart")
 
 
 def test_top_entries_filters(dashboard):
@@ -229,8 +249,14 @@ def test_run_health_check(dashboard):
     before = scalar(dashboard, "SELECT count(*) FROM cache_private.maintenance_audit WHERE action = 'health_check'")
     at = logged_in("admin", "pages/maintenance.py")
     at.button(key="run_health_check").click().run()
-    assert not at.exception and not at.error
-    assert any(s.startswith("Health:") for s in texts(at, "success"))
+    assert not at.exception
+    # The outcome is shown in the box of its severity: a critical result is never green.
+    overall = scalar(dashboard, "SELECT result->>'overall' FROM cache_private.maintenance_audit "
+                                "WHERE action = 'health_check' ORDER BY id DESC LIMIT 1")
+    box = {"ok": "success", "warning": "warning", "critical": "error"}[overall]
+    assert [s for s in texts(at, box) if s.startswith(f"Health: {overall}")]
+    others = {"success", "warning", "error"} - {box}
+    assert not [s for kind in others for s in texts(at, kind) if s.startswith("Health:")]
     assert scalar(dashboard, "SELECT count(*) FROM cache_private.maintenance_audit WHERE action = 'health_check'") \
         == before + 1
     assert scalar(dashboard, "SELECT actor FROM cache_private.maintenance_audit ORDER BY id DESC LIMIT 1") \
@@ -344,12 +370,13 @@ def test_admin_invalidates_selected_rows(dashboard):
                              "AND expires_at > now()", (keys[0],)) == 0
 
 
-def test_monthly_review_offers_a_csv(dashboard):
+def test_monthly_review_offers_csv_and_html(dashboard):
     at = logged_in("viewer", "pages/monthly_review.py")
+    assert not at.exception and not at.error
     assert at.selectbox(key="review_month").value is not None
     assert "Targets" in " ".join(texts(at, "subheader"))
     downloads = at.get("download_button")
-    assert len(downloads) == 1
+    assert len(downloads) == 2
 
 
 # --- failure modes ----------------------------------------------------------------------

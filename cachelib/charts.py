@@ -1,0 +1,311 @@
+"""Plotly figures that read the same on every page.
+
+A time chart here shows exactly the period it is about (no half day before the first bar), labels
+days as "Nov 3" and weeks by their dates (a first or last partial week included), starts bars and
+percentages at zero, labels log axes by decades, draws each target in the colour of the series it
+judges, shades the Week 1 and Month 1 windows, marks what happened (deployment, emergency clears,
+invalidations, optimize runs, duration changes, manual cleanups), and downloads as a PNG named after
+what it shows. Times are UTC; naive datetimes are taken as UTC.
+
+Typical use on a page::
+
+    grid = charts.periods(start, end, "day")               # one row per bar
+    figure = go.Figure(go.Bar(x=grid["mid"], y=values, marker_color=charts.series_color(cache)))
+    charts.time_axis(figure, start, end, "day")
+    charts.zero_based(figure, top=100)
+    charts.add_target(figure, target)
+    charts.shade_windows(figure, deployment.deployed_at, start, end)
+    note = charts.add_events(figure, ui.read("events", start=start, end=end), start, end)
+    charts.show(figure, key="chart_x", filename=charts.filename("hit-rate", start, end))
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from cachelib import formats, queries
+
+ALL_CACHES_COLOR = "#0f766e"   # series of all caches together (load reduction of every cache)
+OTHER_COLOR = "#475569"        # a cache without a colour of its own
+WINDOW_FILL = {"Week 1": "#f59e0b", "Month 1": "#6366f1"}
+TARGET_DASH = {"Week 1": "dot", "Month 1": "dash"}
+# kind -> (colour, dash) of the event line; kinds not listed (scheduled_cleanup) are counted, not drawn.
+EVENT_STYLE = {"deployment": ("#111827", "solid"), "emergency_clear": ("#dc2626", "solid"),
+               "invalidate": ("#ea580c", "dot"), "optimize": ("#7c3aed", "dot"),
+               "duration_change": ("#0369a1", "dashdot"), "cleanup": ("#0891b2", "dot")}
+BUCKET_SPAN = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
+MAX_TICKS = 16
+DAY_MS = 86_400_000
+
+
+# --- periods ------------------------------------------------------------------------------
+
+def naive_utc(moment: Any) -> datetime:
+    """``moment`` (datetime, Timestamp or ISO string) as a naive UTC datetime."""
+    stamp = pd.Timestamp(moment)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert(UTC).tz_localize(None)
+    return stamp.to_pydatetime()
+
+
+def _floor(moment: datetime, bucket: str) -> datetime:
+    if bucket == "hour":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday()) if bucket == "week" else day
+
+
+def _day(moment: datetime) -> str:
+    return f"{moment:%b} {moment.day}"
+
+
+def period_label(start: Any, end: Any) -> str:
+    """Dates of [start, end) as people say them, end inclusive: "Nov 1-Nov 30"; "Nov 3" for one day;
+    with times ("Oct 28 10:00-Nov 4 10:00") when the bounds are not midnights."""
+    start, end = naive_utc(start), naive_utc(end)
+    if start.time() == end.time() == datetime.min.time():
+        last = end - timedelta(days=1)
+        return _day(start) if last <= start else f"{_day(start)}-{_day(last)}"
+    return f"{_day(start)} {start:%H:%M}-{_day(end)} {end:%H:%M}"
+
+
+def window_label(name: str, start: Any, end: Any) -> str:
+    """A named window with its dates: "Week 1 (Oct 28-Nov 3)"."""
+    return f"{name} ({period_label(start, end)})"
+
+
+def periods(start: Any, end: Any, bucket: str) -> pd.DataFrame:
+    """The buckets of [start, end): start, end, mid, label, partial; one row per bar or point.
+
+    Hours and days are whole; weeks run Monday to Sunday (as date_trunc('week') counts them) and the
+    first and last week are clipped to the period, so a deployment on a Wednesday has a first week
+    from that Wednesday to the Sunday ("Oct 29-Nov 2")."""
+    if bucket not in BUCKET_SPAN:
+        raise ValueError(f"bucket must be one of {', '.join(BUCKET_SPAN)}, got {bucket!r}")
+    start, end = naive_utc(start), naive_utc(end)
+    rows, cursor = [], start
+    while cursor < end:
+        stop = min(_floor(cursor, bucket) + BUCKET_SPAN[bucket], end)
+        if bucket == "hour":
+            label = f"{_day(cursor)} {cursor:%H:%M}"
+        else:
+            first, last = cursor.date(), (stop - timedelta(microseconds=1)).date()
+            label = _day(first) if first == last else f"{_day(first)}-{_day(last)}"
+        rows.append({"start": cursor, "end": stop, "mid": cursor + (stop - cursor) / 2, "label": label,
+                     "partial": stop - cursor < BUCKET_SPAN[bucket]})
+        cursor = stop
+    return pd.DataFrame(rows, columns=["start", "end", "mid", "label", "partial"])
+
+
+def period_of(moments: Iterable, start: Any, end: Any, bucket: str) -> pd.Series:
+    """For each moment, the start of its bucket in ``periods(start, end, bucket)`` (NaT outside [start, end))."""
+    start, end = naive_utc(start), naive_utc(end)
+    values = pd.to_datetime(pd.Series(list(moments), dtype=object), utc=True).dt.tz_localize(None)
+    floored = values.dt.floor("h" if bucket == "hour" else "D")
+    if bucket == "week":
+        floored = floored - pd.to_timedelta(floored.dt.day_of_week, unit="D")
+    floored = floored.where(floored >= start, pd.Timestamp(start))
+    return floored.where((values >= start) & (values < end))
+
+
+# --- axes ---------------------------------------------------------------------------------
+
+def time_axis(figure: go.Figure, start: Any, end: Any, bucket: str) -> None:
+    """X axis (every x axis of a subplot figure) covering exactly [start, end), with ticks that suit
+    the bucket: hours "14:00 / Nov 3", days "Nov 3" (one tick every 1, 2, 3 or 7 days, under the bar),
+    weeks labelled with their dates (partial weeks too)."""
+    start, end = naive_utc(start), naive_utc(end)
+    days = (end - start) / timedelta(days=1)
+    axis: dict[str, Any] = {"range": [start, end], "type": "date", "showgrid": True, "ticks": "outside"}
+    if bucket == "hour":
+        step = next((hours for hours in (1, 2, 3, 6, 12, 24) if days * 24 / hours <= MAX_TICKS), 24)
+        axis.update(tick0=start, dtick=step * 3_600_000, tickformat="%H:%M<br>%b %-d" if step < 24 else "%b %-d",
+                    hoverformat="%b %-d %H:%M")
+    elif bucket == "day" and days <= 7 * 4 * MAX_TICKS:
+        step = next((n for n in (1, 2, 3, 7, 14, 28) if days / n <= MAX_TICKS), 28)
+        axis.update(tick0=start + timedelta(hours=12), dtick=step * DAY_MS, tickformat="%b %-d",
+                    hoverformat="%b %-d, %Y")
+    elif bucket == "day":
+        axis.update(dtick="M1" if days <= 31 * MAX_TICKS else "M12", tickformat="%b %Y", hoverformat="%b %-d, %Y")
+    else:
+        grid = periods(start, end, "week")
+        every = max(1, math.ceil(len(grid) / (MAX_TICKS // 2)))  # week labels are wider than day labels
+        shown = grid.iloc[::every]
+        text = shown["label"] if every == 1 else shown["start"].map(_day)
+        axis.update(tickmode="array", tickvals=list(shown["mid"]), ticktext=list(text), hoverformat="%b %-d, %Y")
+    figure.update_xaxes(**axis)
+
+
+def zero_based(figure: go.Figure, top: float | None = None, **where) -> None:
+    """Y axes from 0 (to ``top`` when given, e.g. 100 for percentages). ``where``: row=, col= of a subplot."""
+    if top is None:
+        figure.update_yaxes(rangemode="tozero", **where)
+    else:
+        figure.update_yaxes(range=[0, top], **where)
+
+
+def count_ticks(maximum: float, ticks: int = 5) -> dict[str, Any]:
+    """Axis settings for a count: from 0, ticks on whole numbers only (1, 2, 5, 10, 20, 50, ... apart),
+    about ``ticks`` of them, so an axis of invalidations never reads 3.58."""
+    top = max(float(maximum) if maximum is not None and not pd.isna(maximum) else 0.0, 1.0)
+    decade = 1
+    while True:
+        step = next((decade * f for f in (1, 2, 5) if top / (decade * f) <= ticks), None)
+        if step is not None:
+            break
+        decade *= 10
+    return {"range": [0, math.ceil(top * 1.08 / step) * step], "tick0": 0, "dtick": step, "tickformat": ",d"}
+
+
+def log_axis(figure: go.Figure, values: Iterable[float], suffix: str = " ms", **where) -> None:
+    """A log y axis labelled by decades (0.1 ms, 1 ms, 10 ms, ...), spanning whole decades around
+    ``values`` (the positive ones). ``where``: row=, col= of a subplot."""
+    positive = [float(v) for v in values if v is not None and not pd.isna(v) and float(v) > 0]
+    low = math.floor(math.log10(min(positive))) if positive else -1
+    high = math.ceil(math.log10(max(positive))) if positive else 2
+    if high <= low:
+        high = low + 1
+    figure.update_yaxes(type="log", dtick=1, range=[low, high], tickformat="~g", ticksuffix=suffix,
+                        exponentformat="none", minor={"ticks": "", "showgrid": True, "gridcolor": "#f1f5f9"},
+                        **where)
+
+
+# --- colours, targets, windows, events ------------------------------------------------------
+
+def series_color(cache: str | None) -> str:
+    """The colour of a cache's series on every page (formats.CACHE_COLORS); None: all caches together."""
+    if cache is None:
+        return ALL_CACHES_COLOR
+    return formats.CACHE_COLORS.get(formats.cache_label(cache), OTHER_COLOR)
+
+
+def add_target(figure: go.Figure, target: queries.Target, color: str | None = None, **where) -> None:
+    """A horizontal line at ``target.goal`` in its series' colour (Week 1 dotted, Month 1 dashed),
+    labelled "Week 1 target: Sessions hit rate above 50%". ``where``: row=, col= of a subplot."""
+    color = color or series_color(target.cache_name)
+    figure.add_hline(y=target.goal, line_dash=TARGET_DASH.get(target.milestone, "dash"), line_color=color,
+                     line_width=2, annotation_text=f"{target.milestone} target: {target.name}",
+                     annotation_position="top left" if target.milestone == "Week 1" else "top right",
+                     annotation_font_color=color, annotation_font_size=11,
+                     annotation_bgcolor="rgba(255,255,255,0.8)", exclude_empty_subplots=False, **where)
+
+
+def target_windows(deployed_at: Any, start: Any, end: Any) -> dict[str, tuple[datetime, datetime]]:
+    """queries.WINDOWS after ``deployed_at``, clipped to [start, end) (a window outside it is left out)."""
+    deployed, start, end = naive_utc(deployed_at), naive_utc(start), naive_utc(end)
+    windows = {}
+    for name, (offset_start, offset_end) in queries.WINDOWS.items():
+        x0, x1 = max(deployed + offset_start, start), min(deployed + offset_end, end)
+        if x0 < x1:
+            windows[name] = (x0, x1)
+    return windows
+
+
+def shade_windows(figure: go.Figure, deployed_at: Any, start: Any, end: Any) -> None:
+    """Shade the Week 1 and Month 1 windows (queries.WINDOWS after ``deployed_at``) within [start, end),
+    over every row of the figure, each named at the bottom of its shading."""
+    for name, (x0, x1) in target_windows(deployed_at, start, end).items():
+        color = WINDOW_FILL.get(name, OTHER_COLOR)
+        figure.add_shape(type="rect", xref="x", yref="paper", x0=x0, x1=x1, y0=0, y1=1, fillcolor=color,
+                         opacity=0.08, line_width=0, layer="below")
+        figure.add_annotation(xref="x", yref="paper", x=x0, y=0, xanchor="left", yanchor="bottom", showarrow=False,
+                              text=f"<b>{name}</b>", font={"size": 11, "color": color}, xshift=2, yshift=2,
+                              bgcolor="rgba(255,255,255,0.7)")
+
+
+def add_events(figure: go.Figure, events: pd.DataFrame, start: Any, end: Any, max_labels: int = 10,
+               labels_above: bool = False) -> str:
+    """Mark what happened in [start, end) (rows of queries.events) with a vertical line each, labelled
+    (hover a label for who and what); returns a sentence for the caption that says what is drawn and what
+    is not (scheduled cleanups are counted, never drawn one by one). Beyond ``max_labels`` events the
+    lines stay and the labels go. ``labels_above``: the labels sit over the plot, clear of the data and
+    the targets' labels (for a figure without subplots, whose top margin has the room)."""
+    if events is None or events.empty:
+        return "Nothing was recorded in this period (no deployment, clears, invalidations or manual cleanups)."
+    start, end = naive_utc(start), naive_utc(end)
+    frame = events.assign(at=[naive_utc(at) for at in events["at"]])
+    frame = frame[(frame["at"] >= start) & (frame["at"] < end)]
+    drawn = frame[frame["kind"].isin(EVENT_STYLE)]
+    labelled = len(drawn) <= max_labels
+    last_x, stack = None, 0
+    for row in drawn.itertuples(index=False):
+        color, dash = EVENT_STYLE[row.kind]
+        figure.add_shape(type="line", xref="x", yref="paper", x0=row.at, x1=row.at, y0=0, y1=1,
+                         line={"color": color, "dash": dash, "width": 1.5})
+        if not labelled:
+            continue
+        # Labels of events close together are stacked downwards instead of printed over each other.
+        close = last_x is not None and (row.at - last_x) < (end - start) / 8
+        stack = stack + 1 if close else 0
+        last_x = row.at
+        # Near the right edge the label reads leftwards from its line, so that it is not cut off.
+        right = row.at - start > (end - start) * 0.8
+        shift = 2 + 15 * stack if labels_above else -4 - 16 * stack
+        figure.add_annotation(xref="x", yref="paper", x=row.at, y=1, yanchor="bottom" if labels_above else "top",
+                              xanchor="right" if right else "left", yshift=shift, showarrow=False,
+                              text=row.label,
+                              hovertext=f"{formats.fmt_time(row.at)}: {row.detail}",
+                              font={"size": 11, "color": color}, bgcolor="rgba(255,255,255,0.85)")
+    counts = drawn["kind"].value_counts()
+    parts = [f"{n} {_KIND_WORDS[kind][n != 1]}" for kind, n in counts.items()]
+    scheduled = int((frame["kind"] == "scheduled_cleanup").sum())
+    sentence = ("Vertical lines: " + ", ".join(parts) + "." if parts else "No deployment, clears, invalidations "
+                "or manual cleanups in this period.")
+    if not labelled:
+        sentence += " Too many to label: see the audit log on Maintenance & Health."
+    if scheduled:
+        sentence += (f" {scheduled} scheduled cleanup{'s' * (scheduled != 1)} (pg_cron, cron or the CLI) "
+                     "ran in this period and are not drawn; manual cleanups (dashboard, API) are.")
+    return sentence
+
+
+_KIND_WORDS = {"deployment": ("deployment", "deployments"), "emergency_clear": ("emergency clear", "emergency clears"),
+               "invalidate": ("invalidation", "invalidations"), "optimize": ("optimize run", "optimize runs"),
+               "duration_change": ("duration change", "duration changes"),
+               "cleanup": ("manual cleanup", "manual cleanups")}
+
+
+# --- layout and download ------------------------------------------------------------------
+
+LEGEND_GAP_PX = 42  # from the bottom of the plot to the legend: below the day ticks
+
+
+def layout(figure: go.Figure, title: str, height: int = 340, legend: bool = True, top: int = 70) -> None:
+    """Title inside the figure (so a downloaded PNG says what it is), white background, the legend (if any)
+    under the x axis' tick labels, where it covers neither the title, the ticks nor the data. ``top``: the
+    top margin in px (more when event labels sit above the plot)."""
+    bottom = 110 if legend else 50
+    plot_height = max(height - top - bottom, 1)
+    figure.update_layout(title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}}, height=height,
+                         template="plotly_white", showlegend=legend, hovermode="closest",
+                         margin={"t": top, "b": bottom, "l": 60, "r": 20},
+                         legend={"orientation": "h", "yanchor": "top", "y": -LEGEND_GAP_PX / plot_height, "x": 0,
+                                 "xanchor": "left"})
+
+
+def filename(name: str, start: Any = None, end: Any = None) -> str:
+    """A PNG file name without extension: "pgcache_hit-rate_2025-11-01_to_2025-11-30" (end inclusive)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "chart"
+    if start is None or end is None:
+        return f"pgcache_{slug}"
+    first, last = naive_utc(start), naive_utc(end) - timedelta(microseconds=1)
+    return f"pgcache_{slug}_{first:%Y-%m-%d}_to_{last:%Y-%m-%d}"
+
+
+def png_config(name: str) -> dict[str, Any]:
+    """The plotly config whose camera button downloads a 2x PNG called ``name``.png."""
+    return {"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}, "displaylogo": False}
+
+
+def show(figure: go.Figure, key: str, filename: str) -> None:
+    """st.plotly_chart at full width; the modebar's camera button downloads ``filename``.png."""
+    import streamlit as st
+
+    st.plotly_chart(figure, width="stretch", key=key, config=png_config(filename))
