@@ -236,7 +236,8 @@ BEGIN
              || '): see python -m cachelib schedule status and cron.job_run_details.' END;
     ELSE
       value := 'no pg_cron job pgcache-cleanup; last cleanup ' || COALESCE(v_last_text, 'never');
-      status := CASE WHEN v_since >= v_now - c_cleanup_warning_age THEN 'ok' ELSE 'warning' END;
+      -- Unlike last_cleanup, "never" warns here from the start: nothing shows a schedule exists yet.
+      status := CASE WHEN v_last_cleanup >= v_now - c_cleanup_warning_age THEN 'ok' ELSE 'warning' END;
       recommendation := CASE WHEN status = 'ok' THEN 'Cleanups run (from cron or by hand).'
         ELSE 'Nothing cleaned up in 24 hours: schedule it with python -m cachelib schedule install (pg_cron) '
              'or the crontab line in docs/operations.md.' END;
