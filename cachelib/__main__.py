@@ -409,105 +409,65 @@ def _actor() -> object:
     return Actor(getpass.getuser(), "admin", "cli")
 
 
-def _show(result, as_json: bool) -> None:
-    emit(result.to_dict(), as_json, result.message)
-
-
 @cli.group("maintenance")
 def maintenance_group():
     """Maintenance actions (for cron: non-zero exit on failure, --json for scripts)."""
 
 
-@maintenance_group.command("health")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def maintenance_health(as_json: bool):
-    """Run the health analysis; exit 1 when any check is critical."""
-    from cachelib.maintenance import Maintenance
-
-    result = Maintenance().health_check(_actor())
-    if as_json:
-        _show(result, True)
-    else:
-        click.echo(result.message)
-        for check in result.details["checks"]:
-            click.echo(f"  [{check['status']:8s}] {check['check_name']}: {check['value']}")
-            if check["status"] != "ok":
-                click.echo(f"             -> {check['recommendation']}")
-    if result.details["overall"] == "critical":
-        sys.exit(1)
+def _health_text(result) -> str:
+    lines = [result.message]
+    for check in result.details["checks"]:
+        lines.append(f"  [{check['status']:8s}] {check['check_name']}: {check['value']}")
+        if check["status"] != "ok":
+            lines.append(f"             -> {check['recommendation']}")
+    return "\n".join(lines)
 
 
-@maintenance_group.command("cleanup")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def maintenance_cleanup(as_json: bool):
-    """Delete expired entries and log it (run hourly from cron)."""
-    from cachelib.maintenance import Maintenance
-
-    _show(Maintenance().cleanup(_actor()), as_json)
+def _stats_text(result) -> str:
+    return "\n".join([result.message, *(
+        f"  {row['day']}  cleanups={row['cleanups']:<4} removed={row['entries_removed']:<6} "
+        f"evicted={row['entries_evicted']:<5} freed={row['bytes_freed']:,} bytes" for row in result.details["days"])])
 
 
-@maintenance_group.command("stats")
-@click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def maintenance_stats(days: int, as_json: bool):
-    """Cleanup statistics per day."""
-    from cachelib.maintenance import Maintenance
-
-    result = Maintenance().cleanup_stats(_actor(), days)
-    if as_json:
-        _show(result, True)
-        return
-    click.echo(result.message)
-    for row in result.details["days"]:
-        click.echo(f"  {row['day']}  cleanups={row['cleanups']:<4} removed={row['entries_removed']:<6} "
-                   f"evicted={row['entries_evicted']:<5} freed={row['bytes_freed']:,} bytes")
+# How a command prints an action's result without --json (default: its message).
+_ACTION_TEXT = {"health_check": _health_text, "cleanup_stats": _stats_text}
 
 
-@maintenance_group.command("optimize")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def maintenance_optimize(as_json: bool):
-    """Cleanup, drop entries that cost more than they save, refresh statistics."""
-    from cachelib.maintenance import Maintenance
-
-    _show(Maintenance().optimize(_actor()), as_json)
+def _exit_status(result) -> int:
+    """Non-zero when cron should mail someone: a health check that found a critical check."""
+    return 1 if result.action == "health_check" and result.details.get("overall") == "critical" else 0
 
 
-@maintenance_group.command("invalidate")
-@click.option("--cache", help="Cache name: expert_sessions or product_performance.")
-@click.option("--key", help="One cache key, e.g. expert_sessions:42.")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def maintenance_invalidate(cache: str | None, key: str | None, as_json: bool):
-    """Mark one cache, or one key, stale."""
-    from cachelib.maintenance import Maintenance
+def _maintenance_command(action) -> click.Command:
+    """One `maintenance` command from the registry entry ``action`` (cachelib.actions)."""
+    from cachelib import actions
 
-    _show(Maintenance().invalidate(_actor(), cache=cache, key=key), as_json)
+    # A default is passed only when there is one: click takes default=None as a value, which would
+    # satisfy a required option.
+    options = [click.Option([f"--{p.name}"], help=p.help, required=p.required,
+                            type=click.IntRange(*p.integer_range) if p.integer_range else str,
+                            **({"default": p.default, "show_default": True} if p.default is not None else {}))
+               for p in action.parameters]
+    options.append(click.Option(["--json", "as_json"], is_flag=True, help="Machine-readable output."))
 
+    @friendly_errors
+    def callback(as_json: bool, **params):
+        result = actions.run(db.get_database(), _actor(), action.name, params)
+        emit(result.to_dict(), as_json, _ACTION_TEXT.get(action.name, lambda r: r.message)(result))
+        sys.exit(_exit_status(result))
 
-@maintenance_group.command("emergency-clear")
-@click.option("--confirm", required=True, help="Must be exactly EMERGENCY_CLEAR_CONFIRMED.")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def maintenance_emergency_clear(confirm: str, as_json: bool):
-    """Delete every cache entry (needs the confirmation token)."""
-    from cachelib.maintenance import Maintenance
-
-    _show(Maintenance().emergency_clear(_actor(), confirm), as_json)
+    return click.Command(action.command, callback=callback, params=options, help=action.summary)
 
 
-@maintenance_group.command("prewarm")
-@click.option("--cache", required=True, type=click.Choice(["expert_sessions", "product_performance"]))
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def maintenance_prewarm(cache: str, as_json: bool):
-    """Compute a cache's all-rows key and its most used ids ahead of traffic."""
-    from cachelib.maintenance import Maintenance
+def _add_maintenance_commands() -> None:
+    from cachelib.actions import REGISTRY
 
-    _show(Maintenance().prewarm(_actor(), cache), as_json)
+    for action in REGISTRY.values():
+        if action.command:
+            maintenance_group.add_command(_maintenance_command(action))
+
+
+_add_maintenance_commands()
 
 
 @cli.command("config")

@@ -48,12 +48,13 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cachelib import apikeys, queries, review
+from cachelib import actions, apikeys, queries, review
+from cachelib.actions import ACTIONS, REGISTRY, actions_for
 from cachelib.config import TrustedProxies, parse_boolean, settings
 from cachelib.db import Database, get_database
 from cachelib.errors import CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
 from cachelib.jsonsafe import plain
-from cachelib.maintenance import ACTIONS, EMERGENCY_TOKEN, SEVERITY, Actor, Maintenance, actions_for
+from cachelib.maintenance import SEVERITY, Actor
 from cachelib.throttle import API, FailureThrottle, Throttled, address_subject, client_address
 
 log = logging.getLogger("cachelib.api")
@@ -61,28 +62,6 @@ log = logging.getLogger("cachelib.api")
 METRICS_REQUIRE_KEY_SETTING = "API_METRICS_REQUIRE_KEY"
 ADMIN_PREFIX = "/api/admin/cache"
 
-# Which query parameters each maintenance action takes (anything else is refused with 400).
-ACTION_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "health_check": (),
-    "cleanup": (),
-    "cleanup_stats": ("days",),
-    "optimize_cache": (),
-    "invalidate": ("cache", "key"),
-    "emergency_clear": ("confirm",),
-    "prewarm": ("cache",),
-    "verify": (),
-}
-ACTION_USAGE = {
-    "health_check": "action=health_check",
-    "cleanup": "action=cleanup",
-    "cleanup_stats": "action=cleanup_stats&days=7 (days 1..3650, default 7)",
-    "optimize_cache": "action=optimize_cache",
-    "invalidate": "action=invalidate&cache=NAME or action=invalidate&key=CACHE_KEY",
-    "emergency_clear": f"action=emergency_clear&confirm={EMERGENCY_TOKEN}",
-    "prewarm": "action=prewarm&cache=NAME",
-    "verify": "action=verify (the read-only deployment checks)",
-}
-assert set(ACTION_PARAMETERS) == set(ACTIONS) == set(ACTION_USAGE)
 
 
 def metrics_require_key(environ: Mapping[str, str] | None = None) -> bool:
@@ -244,46 +223,22 @@ def maintenance_report(database: Database, actor: Actor) -> dict[str, Any]:
         "health": {"overall": overall, "counts": {s: statuses.count(s) for s in ("ok", "warning", "critical")},
                    "checks": checks},
         "actions": allowed,
-        "action_usage": {a: ACTION_USAGE[a] for a in allowed},
+        "action_usage": {a: REGISTRY[a].usage for a in allowed},
     }
 
 
+DAYS = next(p for a in REGISTRY.values() for p in a.parameters if p.name == "days")
+
+
+def _described(parameter: str) -> str:
+    """A query parameter's description: the actions that take it and what it is, from the registry."""
+    users = [(a.name, p) for a in REGISTRY.values() for p in a.parameters if p.name == parameter]
+    return " ".join(f"{name}: {p.help}" for name, p in users)
+
+
 def run_action(database: Database, actor: Actor, action: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate one POSTed maintenance action and run it through Maintenance."""
-    if action not in ACTIONS:
-        raise InvalidInput(f"unknown action {action!r}; valid actions: {', '.join(ACTIONS)}")
-    given = {name: value for name, value in params.items() if value is not None}
-    for name, value in given.items():
-        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
-            raise InvalidInput(f"{name} must not contain NUL characters")
-    if action not in actions_for(actor):
-        shown = {name: value[:200] if isinstance(value, str) else value for name, value in given.items()}
-        apikeys.audit(actor, action, shown, "refused", {"reason": f"role {actor.role} may not run maintenance"},
-                      database=database)
-        raise PermissionDenied(f"{actor.name} ({actor.role}) may not run {action}: maintenance needs an admin key")
-    extra = sorted(set(given) - set(ACTION_PARAMETERS[action]))
-    if extra:
-        raise InvalidInput(f"{action} does not take {', '.join(extra)}; usage: {ACTION_USAGE[action]}")
-    maintenance = Maintenance(database)
-    if action == "health_check":
-        result = maintenance.health_check(actor)
-    elif action == "cleanup":
-        result = maintenance.cleanup(actor)
-    elif action == "cleanup_stats":
-        result = maintenance.cleanup_stats(actor, given.get("days", 7))
-    elif action == "optimize_cache":
-        result = maintenance.optimize(actor)
-    elif action == "invalidate":
-        result = maintenance.invalidate(actor, cache=given.get("cache"), key=given.get("key"))
-    elif action == "emergency_clear":
-        result = maintenance.emergency_clear(actor, given.get("confirm"))
-    elif action == "verify":
-        result = maintenance.verify(actor)
-    else:  # prewarm
-        if "cache" not in given:
-            raise InvalidInput(f"prewarm needs a cache; usage: {ACTION_USAGE['prewarm']}")
-        result = maintenance.prewarm(actor, given["cache"])
-    return result.to_dict()
+    """One POSTed maintenance action, through the registry's one path."""
+    return actions.run(database, actor, action, params).to_dict()
 
 
 # --- Prometheus ----------------------------------------------------------------------
@@ -475,15 +430,17 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
 
     @app.post(f"{ADMIN_PREFIX}/maintenance", response_model=ActionResultBody, tags=["admin"],
               summary="Run one maintenance action (admin key)",
-              description="Actions and their parameters:\n\n" + "\n".join(f"- `{u}`" for u in ACTION_USAGE.values()),
+              description="Actions and their parameters:\n\n" + "\n".join(f"- `{a.usage}`" for a in REGISTRY.values()),
               responses=_errors(400, 401, 403, 429, 503, 500))
     def post_maintenance(
         actor: Actor = Depends(authenticated),
         action: str = Query(description="One of: " + ", ".join(ACTIONS), examples=list(ACTIONS)),
-        days: int | None = Query(None, ge=1, le=3650, description="cleanup_stats: days to summarize (default 7)"),
-        cache: str | None = Query(None, description="invalidate / prewarm: the cache name"),
-        key: str | None = Query(None, description="invalidate: one cache key"),
-        confirm: str | None = Query(None, description=f"emergency_clear: must be exactly {EMERGENCY_TOKEN}"),
+        # The registry's parameters, one query parameter each (tests/test_api.py checks they match).
+        days: int | None = Query(None, ge=DAYS.integer_range[0], le=DAYS.integer_range[1],
+                                 description=_described("days")),
+        cache: str | None = Query(None, description=_described("cache")),
+        key: str | None = Query(None, description=_described("key")),
+        confirm: str | None = Query(None, description=_described("confirm")),
     ):
         params = {"days": days, "cache": cache, "key": key, "confirm": confirm}
         return run_action(current_database(), actor, action, params)

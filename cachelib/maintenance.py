@@ -26,8 +26,6 @@ Role = Literal["admin", "viewer"]
 ROLES = ("admin", "viewer")
 # What the health check action writes into cache_private.health_history.source (cleanups write 'cleanup').
 HEALTH_CHECK_SOURCE = "health check"
-ACTIONS = ("health_check", "cleanup", "cleanup_stats", "optimize_cache", "invalidate", "emergency_clear", "prewarm",
-           "verify")
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,9 @@ class ActionResult:
         return asdict(self)
 
 
-def actions_for(actor: Actor) -> list[str]:
-    """The maintenance actions this actor may run."""
-    return list(ACTIONS) if actor.role == "admin" else []
+def may_maintain(actor: Actor) -> bool:
+    """Maintenance is for admins: the one place this rule is written (cachelib.actions lists the actions)."""
+    return actor.role == "admin"
 
 
 class Maintenance:
@@ -131,7 +129,7 @@ class Maintenance:
     def emergency_clear(self, actor: Actor, confirm: str | None) -> ActionResult:
         """Delete every entry; refuses (and audits the refusal) without the exact token."""
         if confirm != EMERGENCY_TOKEN:
-            self._refuse(actor, "emergency_clear", {}, "wrong or missing confirmation token")
+            self.refuse(actor, "emergency_clear", {}, "wrong or missing confirmation token")
             raise ConfirmationRequired(f"emergency clear refused: type {EMERGENCY_TOKEN} exactly to confirm; "
                                        "nothing was deleted")
 
@@ -176,8 +174,8 @@ class Maintenance:
     # --- shared plumbing -----------------------------------------------------
 
     def _act(self, actor: Actor, action: str, params: dict, run: Callable) -> ActionResult:
-        if action not in actions_for(actor):
-            self._refuse(actor, action, params, f"role {actor.role} may not run maintenance")
+        if not may_maintain(actor):
+            self.refuse(actor, action, params, f"role {actor.role} may not run maintenance")
             raise PermissionDenied(f"{actor.name} ({actor.role}) may not run {action}: maintenance is for admins")
         started = time.perf_counter()
         with translated_errors(self.database.url), self.database.connection() as conn:
@@ -186,7 +184,8 @@ class Maintenance:
                 message, details = run(conn)
         return ActionResult(action, True, message, plain(details), round((time.perf_counter() - started) * 1000, 2))
 
-    def _refuse(self, actor: Actor, action: str, params: dict, why: str) -> None:
+    def refuse(self, actor: Actor, action: str, params: dict, why: str) -> None:
+        """Write the audit row of a refused action (cachelib.actions refuses at the edge through this too)."""
         try:
             with self.database.connection() as conn, conn.transaction():
                 identify(conn, actor)

@@ -31,9 +31,10 @@ from schemathesis.specs.openapi.checks import (
 
 from cachelib import api, apikeys, config, queries
 from cachelib.__main__ import cli
+from cachelib.actions import ACTIONS
 from cachelib.db import Database
 from cachelib.errors import ConfigError, InvalidInput
-from cachelib.maintenance import ACTIONS, EMERGENCY_TOKEN
+from cachelib.maintenance import EMERGENCY_TOKEN
 from tests.servers import free_port
 
 METRICS = "/api/admin/cache/metrics"
@@ -317,7 +318,7 @@ def test_admin_actions(client, keys, conn):
     ({"action": "invalidate", "cache": "nope"}, "unknown cache"),
     ({"action": "invalidate", "key": "k" * 1001}, "1000"),
     ({"action": "invalidate", "cache": "a\x00b"}, "NUL"),
-    ({"action": "prewarm"}, "prewarm needs a cache"),
+    ({"action": "prewarm"}, "prewarm needs cache=NAME"),
     ({"action": "prewarm", "cache": "nope"}, "unknown cache"),
     ({"action": "health_check", "days": 3}, "does not take days"),
     ({"action": "cleanup", "confirm": EMERGENCY_TOKEN}, "does not take confirm"),
@@ -560,3 +561,15 @@ def test_schemathesis_finds_no_server_errors(database, keys, record_property):
     assert all(code < 500 for code in codes)
     assert {op for op, _, _ in calls} >= {f"GET {METRICS}", f"GET {MAINTENANCE}", f"POST {MAINTENANCE}"}
     assert 200 in codes and 401 in codes
+
+
+def test_the_post_route_takes_exactly_the_registrys_parameters():
+    """The maintenance route's query parameters are the registry's (cachelib.actions), no more, no fewer."""
+    from cachelib.actions import REGISTRY
+
+    schema = api.create_app(None, metrics_key_required=False).openapi()
+    route = schema["paths"]["/api/admin/cache/maintenance"]["post"]
+    names = {p["name"] for p in route["parameters"] if p["in"] == "query"}
+    assert names == {"action"} | {p.name for a in REGISTRY.values() for p in a.parameters}
+    for action in REGISTRY.values():
+        assert action.usage in route["description"]

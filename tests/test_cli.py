@@ -101,6 +101,23 @@ def test_maintenance_commands_for_cron(db_url):
     assert cleared.returncode == 0 and "deleted" in cleared.stdout
     status = run_cli("status", "--json", env=env)
     assert {"overview", "targets"} <= set(json.loads(status.stdout))
+    both = run_cli("maintenance", "invalidate", "--cache", "expert_sessions", "--key", "k", env=env)
+    assert both.returncode == 1 and "exactly one of cache or key" in both.stderr
+    assert run_cli("maintenance", "prewarm", env=env).returncode == 2  # --cache is required: a usage error
+
+
+def test_the_maintenance_commands_are_the_registrys():
+    """One command per registry action that has one, with the registry's options and summary."""
+    from cachelib.actions import REGISTRY
+
+    group = cli.commands["maintenance"]
+    expected = {a.command: a for a in REGISTRY.values() if a.command}
+    assert set(group.commands) == set(expected)
+    for name, action in expected.items():
+        command = group.commands[name]
+        options = {p.name for p in command.params} - {"as_json"}
+        assert options == {p.name for p in action.parameters}, name
+        assert command.help == action.summary
 
 
 def test_demo_load_fills_an_empty_database_once(pg18):

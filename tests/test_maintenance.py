@@ -3,9 +3,10 @@
 import psycopg
 import pytest
 
+from cachelib.actions import actions_for
 from cachelib.db import Database
 from cachelib.errors import ConfirmationRequired, InvalidInput, PermissionDenied
-from cachelib.maintenance import EMERGENCY_TOKEN, Actor, Maintenance, actions_for
+from cachelib.maintenance import EMERGENCY_TOKEN, Actor, Maintenance
 from cachelib.manager import CacheManager
 
 ADMIN = Actor("alice", "admin", "test")

@@ -1,0 +1,113 @@
+"""The maintenance actions, in one registry.
+
+The API's ``POST /api/admin/cache/maintenance`` and the CLI's ``maintenance`` commands are built
+from this list, and both call ``run``. That makes ``run`` the one path for the rules at the edge:
+unknown actions, NUL characters, who may run an action (a refusal is audited), and which parameters
+an action takes. Each action's own rules (ranges, the emergency token, known caches) are checked by
+``Maintenance``, which the dashboard also calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cachelib.db import Database
+from cachelib.errors import InvalidInput, PermissionDenied
+from cachelib.maintenance import EMERGENCY_TOKEN, ActionResult, Actor, Maintenance, may_maintain
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    help: str
+    placeholder: str                              # how the usage line shows the value: NAME, 7
+    integer_range: tuple[int, int] | None = None  # an integer in this range (both ends allowed)
+    default: Any = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str            # the API's action=NAME and the audit log's action
+    command: str | None  # python -m cachelib maintenance COMMAND (None: a command of its own elsewhere)
+    summary: str
+    call: Callable[[Maintenance, Actor, dict[str, Any]], ActionResult]
+    parameters: tuple[Parameter, ...] = ()
+    one_of: bool = False  # the parameters are alternatives: exactly one is given
+    note: str = ""
+
+    @property
+    def usage(self) -> str:
+        """How to call it over HTTP, e.g. ``action=cleanup_stats&days=7 (days 1..3650, default 7)``."""
+        if self.one_of:
+            text = " or ".join(f"action={self.name}&{p.name}={p.placeholder}" for p in self.parameters)
+        else:
+            text = f"action={self.name}" + "".join(f"&{p.name}={p.placeholder}" for p in self.parameters)
+        ranges = [f"{p.name} {p.integer_range[0]}..{p.integer_range[1]}, default {p.default}"
+                  for p in self.parameters if p.integer_range]
+        notes = [*ranges, *([self.note] if self.note else [])]
+        return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+REGISTRY: dict[str, Action] = {action.name: action for action in (
+    Action("health_check", "health", "Run the health analysis and record it in the health history; "
+           "the command exits 1 when any check is critical.",
+           lambda m, actor, p: m.health_check(actor)),
+    Action("cleanup", "cleanup", "Delete expired entries and log it (run hourly from cron).",
+           lambda m, actor, p: m.cleanup(actor)),
+    Action("cleanup_stats", "stats", "Cleanup statistics per day.",
+           lambda m, actor, p: m.cleanup_stats(actor, p.get("days", 7)),
+           (Parameter("days", "How many days to summarize.", "7", integer_range=(1, 3650), default=7),)),
+    Action("optimize_cache", "optimize", "Cleanup, drop entries that cost more than they save, refresh statistics.",
+           lambda m, actor, p: m.optimize(actor)),
+    Action("invalidate", "invalidate", "Mark one cache, or one key, stale (give exactly one).",
+           lambda m, actor, p: m.invalidate(actor, cache=p.get("cache"), key=p.get("key")),
+           (Parameter("cache", "Cache name, e.g. expert_sessions.", "NAME"),
+            Parameter("key", "One cache key, e.g. expert_sessions:42.", "CACHE_KEY")), one_of=True),
+    Action("emergency_clear", "emergency-clear", "Delete every cache entry (needs the confirmation token).",
+           lambda m, actor, p: m.emergency_clear(actor, p.get("confirm")),
+           # Not required here: a missing token is refused by Maintenance like a wrong one, and audited.
+           (Parameter("confirm", f"Must be exactly {EMERGENCY_TOKEN}.", EMERGENCY_TOKEN),)),
+    Action("prewarm", "prewarm", "Compute a cache's all-rows key and its most used ids ahead of traffic.",
+           lambda m, actor, p: m.prewarm(actor, p["cache"]),
+           (Parameter("cache", "The cache to prewarm, e.g. product_performance.", "NAME", required=True),)),
+    Action("verify", None, "The read-only deployment checks (python -m cachelib verify has more options).",
+           lambda m, actor, p: m.verify(actor), note="the read-only deployment checks"),
+)}
+ACTIONS = tuple(REGISTRY)
+
+
+def actions_for(actor: Actor) -> list[str]:
+    """The maintenance actions this actor may run."""
+    return list(ACTIONS) if may_maintain(actor) else []
+
+
+def run(database: Database, actor: Actor, name: str, params: dict[str, Any]) -> ActionResult:
+    """Check one request for action ``name`` at the edge, then run it through Maintenance.
+
+    ``params`` maps parameter names to values; None means not given."""
+    action = REGISTRY.get(name)
+    if action is None:
+        raise InvalidInput(f"unknown action {name!r}; valid actions: {', '.join(ACTIONS)}")
+    given = {key: value for key, value in params.items() if value is not None}
+    for key, value in given.items():
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise InvalidInput(f"{key} must not contain NUL characters")
+    maintenance = Maintenance(database)
+    if not may_maintain(actor):
+        # Refused before the parameters are looked at: a viewer learns nothing about them.
+        shown = {key: value[:200] if isinstance(value, str) else value for key, value in given.items()}
+        maintenance.refuse(actor, name, shown, f"role {actor.role} may not run maintenance")
+        raise PermissionDenied(f"{actor.name} ({actor.role}) may not run {name}: maintenance is for admins")
+    known = {p.name for p in action.parameters}
+    extra = sorted(set(given) - known)
+    if extra:
+        raise InvalidInput(f"{name} does not take {', '.join(extra)}; usage: {action.usage}")
+    for parameter in action.parameters:
+        if parameter.required and parameter.name not in given and not action.one_of:
+            raise InvalidInput(f"{name} needs {parameter.name}={parameter.placeholder}; usage: {action.usage}")
+    if action.one_of and len(known & set(given)) != 1:
+        raise InvalidInput(f"{name} needs exactly one of {' or '.join(sorted(known))}; usage: {action.usage}")
+    return action.call(maintenance, actor, given)
