@@ -17,10 +17,16 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make screenshots - retake the README's screenshots from the demo (docs/screenshots/)"
 
+# make run installs what the dashboard, API and CLI need; the test and tooling packages
+# (pytest, playwright, schemathesis, hypothesis, ruff) come in for make test / lint only.
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -29,22 +35,22 @@ setup: $(VENV)/.installed
 run: setup
 	@$(PY) -m cachelib serve --port $(PORT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.dev-installed
 	$(PY) -m pytest
 
 # The table is printed whether or not the tests pass; the exit status is pytest's.
-stress: $(VENV)/.installed
+stress: $(VENV)/.dev-installed
 	@rm -f tests/artifacts/stress.json
 	@CACHELIB_STRESS_SECONDS=$(STRESS_SECONDS) $(PY) -m pytest tests/test_stress.py; status=$$?; \
 	  $(PY) -m tests.test_stress; exit $$status
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 
 api: setup
 	$(PY) -m cachelib api --port $(API_PORT)
 
-screenshots: setup
+screenshots: setup $(VENV)/.dev-installed
 	$(PY) -m tests.screenshots
 
 clean-data:
