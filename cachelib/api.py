@@ -54,7 +54,7 @@ from cachelib.config import TrustedProxies, parse_boolean, settings
 from cachelib.db import Database, get_database
 from cachelib.errors import CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
 from cachelib.jsonsafe import plain
-from cachelib.maintenance import SEVERITY, Actor
+from cachelib.maintenance import Actor, worst
 from cachelib.throttle import API, FailureThrottle, Throttled, address_subject, client_address
 
 log = logging.getLogger("cachelib.api")
@@ -214,7 +214,7 @@ def maintenance_report(database: Database, actor: Actor) -> dict[str, Any]:
     last = _records(queries.cleanup_log(1, database))
     checks = _records(queries.health(database))
     statuses = [c.get("status") for c in checks]
-    overall = max(statuses, key=lambda s: SEVERITY.get(s, 0), default="ok")
+    overall = worst(statuses)
     allowed = actions_for(actor)
     return {
         "generated_at": _now_iso(),

@@ -75,7 +75,7 @@ class Maintenance:
             cursor = conn.execute("SELECT * FROM cache_private.record_health(%s)", (HEALTH_CHECK_SOURCE,))
             names = [c.name for c in cursor.description]
             checks = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-            overall = _worst(check["status"] for check in checks)
+            overall = worst(check["status"] for check in checks)
             self._audit(conn, "health_check", {}, "ok", {"overall": overall})
             counts = {s: sum(c["status"] == s for c in checks) for s in ("ok", "warning", "critical")}
             message = f"Health: {overall} ({counts['critical']} critical, {counts['warning']} warning)"
@@ -229,8 +229,10 @@ def _check_days(days) -> None:
         raise InvalidInput(f"days must be a whole number from 1 to 3650, got {days!r}")
 
 
+# How bad a health status is; the one ranking the pages, the API, the CLI and the review use.
 SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
 
 
-def _worst(statuses) -> str:
+def worst(statuses) -> str:
+    """The worst of some health statuses (ok when there are none)."""
     return max(statuses, key=lambda s: SEVERITY.get(s, 0), default="ok")

@@ -25,10 +25,10 @@ from cachelib import charts, queries
 from cachelib.config import Settings, settings
 from cachelib.db import Database, get_database
 from cachelib.errors import InvalidInput
+from cachelib.maintenance import SEVERITY
 
 MAX_MONTHS = 120
 TOP_KEYS = 10
-SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
 DAILY_COLUMNS = ["day", "cache_name", "calls", "hits", "misses", "fallbacks", "hit_rate", "compute_ms_spent",
                  "compute_ms_saved", "load_reduction", "keys_invalidated"]
 

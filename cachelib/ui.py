@@ -35,7 +35,7 @@ from cachelib.formats import (  # noqa: F401  (the pages format and label throug
     fmt_seconds,
     fmt_time,
 )
-from cachelib.maintenance import Actor
+from cachelib.maintenance import SEVERITY, Actor, worst
 
 log = logging.getLogger("cachelib.ui")
 
@@ -49,7 +49,6 @@ STATUS_CHART_COLOR = {"ok": "#16a34a", "warning": "#ea580c", "critical": "#dc262
 # The message box an outcome of each severity is shown in: never green for a warning or worse.
 STATUS_BOX = {"ok": "success", "warning": "warning", "critical": "error"}
 STATUS_BOX_ICON = {"ok": ":material/check_circle:", "warning": ":material/warning:", "critical": ":material/error:"}
-SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
 REFRESH_TOGGLE_KEY = "live_refresh"
 REFRESH_INTERVAL_KEY = "refresh_interval"
 
@@ -326,7 +325,5 @@ def verdict_frame(frame: pd.DataFrame, column: str) -> Any:
 
 
 def worst_status(health: pd.DataFrame) -> str:
-    if health.empty:
-        return "ok"
-    return max(health["status"], key=lambda s: SEVERITY.get(s, 0))
+    return worst(health["status"]) if not health.empty else "ok"
 
