@@ -35,7 +35,7 @@ class Action:
     summary: str
     call: Callable[[Maintenance, Actor, dict[str, Any]], ActionResult]
     parameters: tuple[Parameter, ...] = ()
-    one_of: bool = False  # the parameters are alternatives: exactly one is given
+    one_of: bool = False  # the parameters are alternatives (for the usage line; Maintenance checks it)
     note: str = ""
 
     @property
@@ -106,8 +106,7 @@ def run(database: Database, actor: Actor, name: str, params: dict[str, Any]) -> 
     if extra:
         raise InvalidInput(f"{name} does not take {', '.join(extra)}; usage: {action.usage}")
     for parameter in action.parameters:
-        if parameter.required and parameter.name not in given and not action.one_of:
+        if parameter.required and parameter.name not in given:
             raise InvalidInput(f"{name} needs {parameter.name}={parameter.placeholder}; usage: {action.usage}")
-    if action.one_of and len(known & set(given)) != 1:
-        raise InvalidInput(f"{name} needs exactly one of {' or '.join(sorted(known))}; usage: {action.usage}")
+    # Rules of the action itself (exactly one of cache or key, ranges, the token) are Maintenance's.
     return action.call(maintenance, actor, given)
