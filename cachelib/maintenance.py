@@ -1,5 +1,7 @@
 """The write side: health check, cleanup, statistics, optimize, invalidate, emergency clear, prewarm.
 
+(Verify, which reads the whole deployment, is run by cachelib.actions: verify sits above this module.)
+
 Each action takes the acting user, refuses non-admins with PermissionDenied
 (the rule lives here, so the dashboard, the API and the CLI cannot disagree),
 leaves an audit row, and returns an ActionResult all three can show.
@@ -80,7 +82,7 @@ class Maintenance:
             counts = {s: sum(c["status"] == s for c in checks) for s in ("ok", "warning", "critical")}
             message = f"Health: {overall} ({counts['critical']} critical, {counts['warning']} warning)"
             return message, {"overall": overall, "checks": checks}
-        return self._act(actor, "health_check", {}, run)
+        return self.act(actor, "health_check", {}, run)
 
     def cleanup(self, actor: Actor) -> ActionResult:
         """Delete expired entries (and evict beyond the size bound); details: the cleanup log row."""
@@ -88,7 +90,7 @@ class Maintenance:
             removed = conn.execute("SELECT public.cleanup_expired_cache()").fetchone()[0]
             row = _row(conn, "SELECT * FROM public.cache_cleanup_log ORDER BY id DESC LIMIT 1")
             return f"Cleanup removed {removed} entries, freed {row['bytes_freed']:,} bytes", row
-        return self._act(actor, "cleanup", {}, run)
+        return self.act(actor, "cleanup", {}, run)
 
     def cleanup_stats(self, actor: Actor, days: int = 7) -> ActionResult:
         """Cleanup statistics per day for the last ``days`` days (1..3650)."""
@@ -102,7 +104,7 @@ class Maintenance:
             total = sum(r["entries_removed"] + r["entries_evicted"] for r in rows)
             cleanups = sum(r["cleanups"] for r in rows)
             return f"{cleanups} cleanups removed {total} entries in {days} days", {"days": rows}
-        return self._act(actor, "cleanup_stats", {"days": days}, run)
+        return self.act(actor, "cleanup_stats", {"days": days}, run)
 
     def optimize(self, actor: Actor) -> ActionResult:
         """Cleanup, drop unprofitable entries, refresh planner statistics."""
@@ -110,7 +112,7 @@ class Maintenance:
             result = conn.execute("SELECT public.optimize_cache()").fetchone()[0]
             removed = result["expired_removed"] + result["evicted"] + result["unprofitable_removed"]
             return f"Optimize removed {removed} entries and refreshed statistics", result
-        return self._act(actor, "optimize_cache", {}, run)
+        return self.act(actor, "optimize_cache", {}, run)
 
     def invalidate(self, actor: Actor, cache: str | None = None, key: str | None = None) -> ActionResult:
         """Mark one cache's entries, or one key, stale."""
@@ -124,7 +126,7 @@ class Maintenance:
             count = conn.execute("SELECT public.invalidate_cache(%s, %s)", (cache, key)).fetchone()[0]
             target = f"cache {cache}" if cache is not None else f"key {key}"
             return f"Invalidated {count} entries of {target}", {"entries_invalidated": count}
-        return self._act(actor, "invalidate", params, run)
+        return self.act(actor, "invalidate", params, run)
 
     def emergency_clear(self, actor: Actor, confirm: str | None) -> ActionResult:
         """Delete every entry; refuses (and audits the refusal) without the exact token."""
@@ -136,7 +138,7 @@ class Maintenance:
         def run(conn):
             deleted = conn.execute("SELECT public.emergency_clear_cache(%s)", (confirm,)).fetchone()[0]
             return f"Emergency clear deleted {deleted} entries", {"entries_deleted": deleted}
-        return self._act(actor, "emergency_clear", {}, run)
+        return self.act(actor, "emergency_clear", {}, run)
 
     def prewarm(self, actor: Actor, cache: str, manager=None, top_ids: int = 20) -> ActionResult:
         """Fill one cache: its all-rows key and its most requested ids."""
@@ -155,25 +157,13 @@ class Maintenance:
                 manager.call(cache, ident)
             self._audit(conn, "prewarm", {"cache": cache}, "ok", {"keys_warmed": len(ids) + 1})
             return f"Prewarmed {len(ids) + 1} keys of {cache}", {"keys_warmed": len(ids) + 1}
-        return self._act(actor, "prewarm", {"cache": cache}, run)
-
-    def verify(self, actor: Actor) -> ActionResult:
-        """The read-only deployment checks of `python -m cachelib verify`; details: checks and whether all pass.
-
-        Leaves entries and statistics as they were (the cached calls run in a transaction that is
-        rolled back, see cachelib.verify); the only row written is this action's audit row."""
-        from cachelib import verify
-
-        def run(conn):
-            checks = verify.run_checks(self.database.url, allow_writes=False)
-            passed = verify.all_required_pass(checks)
-            self._audit(conn, "verify", {}, "ok", {"all_required_pass": passed})
-            return verify.summary(checks), {"all_required_pass": passed, "checks": [c.to_dict() for c in checks]}
-        return self._act(actor, "verify", {}, run)
+        return self.act(actor, "prewarm", {"cache": cache}, run)
 
     # --- shared plumbing -----------------------------------------------------
 
-    def _act(self, actor: Actor, action: str, params: dict, run: Callable) -> ActionResult:
+    def act(self, actor: Actor, action: str, params: dict, run: Callable) -> ActionResult:
+        """Run ``run(conn)`` as ``actor`` in one transaction, admins only (refusals audited); ``run``
+        returns (message, details). cachelib.actions runs its own actions (verify) through this too."""
         if not may_maintain(actor):
             self.refuse(actor, action, params, f"role {actor.role} may not run maintenance")
             raise PermissionDenied(f"{actor.name} ({actor.role}) may not run {action}: maintenance is for admins")

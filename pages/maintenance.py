@@ -12,7 +12,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from cachelib import actions as maintenance_actions
 from cachelib import ui
+from cachelib.db import get_database
 from cachelib.maintenance import EMERGENCY_TOKEN, Maintenance
 
 ui.require_login()
@@ -111,7 +113,8 @@ def deployment_checks() -> None:
                "log.")
     if not st.button("Verify deployment", key="run_verify", icon=":material/fact_check:"):
         return
-    result = ui.run_action("Deployment verification", lambda: Maintenance().verify(ui.current_actor()))
+    result = ui.run_action("Deployment verification",
+                           lambda: maintenance_actions.run(get_database(), ui.current_actor(), "verify", {}))
     if result is None:
         return
     checks = pd.DataFrame(result.details["checks"])

@@ -3,6 +3,7 @@
 import psycopg
 import pytest
 
+from cachelib import actions
 from cachelib.actions import actions_for
 from cachelib.db import Database
 from cachelib.errors import ConfirmationRequired, InvalidInput, PermissionDenied
@@ -138,9 +139,9 @@ def test_prewarm_fills_a_cache(db_url, service):
 
 
 def test_verify_runs_the_read_only_checks_for_admins(db_url, service):
-    result = service.verify(ADMIN)
+    result = actions.verify_deployment(service, ADMIN)
     names = {c["name"] for c in result.details["checks"]}
     assert {"migrations", "cache functions", "invalidation triggers", "row-level security"} <= names
     assert result.message.startswith("verify:")
     with pytest.raises(PermissionDenied):
-        service.verify(VIEWER)
+        actions.verify_deployment(service, VIEWER)
