@@ -82,6 +82,14 @@ def require_login() -> None:
         st.stop()
 
 
+def act(action: str, **params) -> Any:
+    """Run the maintenance ``action`` (cachelib.actions) as the signed-in user: the same path as the API
+    and the CLI, so the same checks, refusals and audit."""
+    from cachelib import actions
+
+    return actions.run(get_database(), current_actor(), action, params)
+
+
 def current_actor() -> Actor:
     """The Actor for maintenance calls: the logged-in user, via the dashboard."""
     return Actor(str(st.session_state.get("username") or "unknown"), role(), "dashboard")

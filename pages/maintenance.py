@@ -12,10 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from cachelib import actions as maintenance_actions
 from cachelib import ui
-from cachelib.db import get_database
-from cachelib.maintenance import EMERGENCY_TOKEN, Maintenance
+from cachelib.maintenance import EMERGENCY_TOKEN
 
 ui.require_login()
 ui.page_header("Maintenance & Health", "Is the cache healthy, and what has maintenance done?")
@@ -55,7 +53,6 @@ def actions() -> None:
     if not ui.is_admin():
         st.info("Maintenance actions are for administrators. You are logged in as a viewer.", icon=":material/lock:")
         return
-    maintenance = Maintenance()
     buttons = st.columns(3)
     pressed = {
         "health": buttons[0].button("Run health check", key="run_health_check", icon=":material/stethoscope:",
@@ -63,21 +60,20 @@ def actions() -> None:
         "cleanup": buttons[1].button("Clean up expired", key="run_cleanup", icon=":material/cleaning_services:"),
         "optimize": buttons[2].button("Optimize", key="run_optimize", icon=":material/speed:"),
     }
-    actor = ui.current_actor()
     result = None
     if pressed["health"]:
-        result = ui.run_action("Health check", lambda: maintenance.health_check(actor))
+        result = ui.run_action("Health check", lambda: ui.act("health_check"))
     elif pressed["cleanup"]:
-        result = ui.run_action("Cleanup of expired entries", lambda: maintenance.cleanup(actor))
+        result = ui.run_action("Cleanup of expired entries", lambda: ui.act("cleanup"))
     elif pressed["optimize"]:
-        result = ui.run_action("Optimize", lambda: maintenance.optimize(actor))
+        result = ui.run_action("Optimize", lambda: ui.act("optimize_cache"))
     if result is not None:
         with st.expander("Details"):
             st.json(result.to_dict())
-    emergency_clear(maintenance, actor)
+    emergency_clear()
 
 
-def emergency_clear(maintenance: Maintenance, actor) -> None:
+def emergency_clear() -> None:
     with st.expander("Emergency Clear All", icon=":material/warning:"):
         st.markdown(DESTRUCTIVE_STYLE, unsafe_allow_html=True)
         st.warning("Deletes **every** cache entry of every cache. The application keeps working: every call "
@@ -97,7 +93,7 @@ def emergency_clear(maintenance: Maintenance, actor) -> None:
                 ui.show_outcome("**Nothing was deleted:** tick the box to confirm that every cache entry will be "
                                 "deleted.", "critical")
             else:
-                ui.run_action("Emergency clear", lambda: maintenance.emergency_clear(actor, token.strip()))
+                ui.run_action("Emergency clear", lambda: ui.act("emergency_clear", confirm=token.strip()))
 
 
 def deployment_checks() -> None:
@@ -114,7 +110,7 @@ def deployment_checks() -> None:
     if not st.button("Verify deployment", key="run_verify", icon=":material/fact_check:"):
         return
     result = ui.run_action("Deployment verification",
-                           lambda: maintenance_actions.run(get_database(), ui.current_actor(), "verify", {}))
+                           lambda: ui.act("verify"))
     if result is None:
         return
     checks = pd.DataFrame(result.details["checks"])

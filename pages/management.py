@@ -7,7 +7,6 @@ import streamlit as st
 
 from cachelib import ui
 from cachelib.config import SETTINGS, settings
-from cachelib.maintenance import Maintenance
 
 ui.require_login()
 ui.page_header("Cache Management", "What the cache is configured to do, and the controls to steer it.")
@@ -87,7 +86,6 @@ def controls(cache_names: list[str]) -> None:
         st.info("Only administrators can invalidate or prewarm the cache. You are logged in as a viewer.",
                 icon=":material/lock:")
         return
-    maintenance = Maintenance()
     by_cache, by_key, prewarm = st.columns(3)
     with by_cache:
         st.markdown("**Invalidate a whole cache**")
@@ -98,7 +96,7 @@ def controls(cache_names: list[str]) -> None:
                 st.caption(impact_text(ui.read("clear_impact", cache=cache), f"Invalidating {ui.cache_label(cache)}"))
         if st.button("Invalidate cache", key="invalidate_cache", disabled=not cache_names):
             ui.run_action(f"Invalidate {ui.cache_label(cache)}",
-                          lambda: maintenance.invalidate(ui.current_actor(), cache=cache), rerun=True)
+                          lambda: ui.act("invalidate", cache=cache), rerun=True)
     with by_key:
         st.markdown("**Invalidate one key**")
         key = st.text_input("Cache key", key="invalidate_key_text", max_chars=500,
@@ -110,14 +108,14 @@ def controls(cache_names: list[str]) -> None:
             if not key:
                 st.error("Enter the cache key to invalidate (see Top Cache Entries).")
             else:
-                ui.run_action(f"Invalidate {key}", lambda: maintenance.invalidate(ui.current_actor(), key=key),
+                ui.run_action(f"Invalidate {key}", lambda: ui.act("invalidate", key=key),
                               rerun=True)
     with prewarm:
         st.markdown("**Prewarm a cache**")
         target = st.selectbox("Cache to prewarm", cache_names, key="prewarm_cache_name", format_func=ui.cache_label)
         if st.button("Prewarm", key="prewarm", disabled=not cache_names):
             ui.run_action(f"Prewarm {ui.cache_label(target)}",
-                          lambda: maintenance.prewarm(ui.current_actor(), target), rerun=True)
+                          lambda: ui.act("prewarm", cache=target), rerun=True)
     if not settings().cache_enabled:
         st.caption("Caching is off, so prewarming fills nothing until CACHE_ENABLED is true again.")
 

@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from cachelib import queries, ui
-from cachelib.maintenance import Maintenance
 
 ui.require_login()
 ui.page_header("Top Cache Entries", "The entries in public.query_cache, most valuable first.")
@@ -59,12 +58,10 @@ with ui.guard("the filters"):
                          key="invalidate_selected", disabled=not keys, type="primary",
                          icon=":material/delete_sweep:"):
                 def invalidate_all() -> int:
-                    maintenance = Maintenance()
-                    actor = ui.current_actor()
                     progress = st.progress(0.0, text="Invalidating…")
                     total = 0
                     for done, key in enumerate(keys, start=1):
-                        total += maintenance.invalidate(actor, key=key).details.get("entries_invalidated", 0)
+                        total += ui.act("invalidate", key=key).details.get("entries_invalidated", 0)
                         progress.progress(done / len(keys), text=f"Invalidated {done} of {len(keys)}")
                     st.session_state.pop(TABLE_KEY, None)  # the selected rows are gone now
                     return total
