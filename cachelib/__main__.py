@@ -297,7 +297,7 @@ def _review_text(data) -> str:
     from cachelib.formats import fmt_ms
 
     span = data.period
-    per_cache = data.invalidations.merge(data.fallbacks, on="cache_name", how="outer").sort_values("cache_name")
+    per_cache = data.per_cache
     lines = [f"Monthly review: {span.title}, {span.span} (UTC)"
              + (" - demo data" if data.demo_data else ""),
              f"  calls {review.calls(data):,}, load reduction {_percent(review.month_load_reduction(data))}", ""]

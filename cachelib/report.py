@@ -167,12 +167,10 @@ def to_html(data: review.MonthlyReview, config: Settings | None = None) -> str:
              (formats.fmt_ms(r.compute_ms_saved), "num"), (r.days_active, "num")] for r in data.top_keys.itertuples()]))
 
     parts.append("<h2>Invalidations, fallbacks and cleanups</h2>")
-    fallbacks = data.fallbacks.set_index("cache_name") if not data.fallbacks.empty else pd.DataFrame()
     parts.append(_table(["Cache", "Keys invalidated by writes", "Fallbacks", "Calls"], [
         [(formats.cache_label(r.cache_name), ""), (f"{int(r.keys_invalidated):,}", "num"),
-         (f"{int(fallbacks.loc[r.cache_name, 'fallbacks']):,}" if r.cache_name in fallbacks.index else "0", "num"),
-         (f"{int(fallbacks.loc[r.cache_name, 'calls']):,}" if r.cache_name in fallbacks.index else "0", "num")]
-        for r in data.invalidations.itertuples()]))
+         (f"{int(r.fallbacks):,}", "num"), (f"{int(r.calls):,}", "num")]
+        for r in data.per_cache.itertuples()]))
     c = data.cleanups
     parts.append(_table(["Cleanups", "of them by hand", "Expired removed", "Evicted", "Never hit", "Space freed"], [
         [(f"{c.get('cleanups', 0):,}", "num"), (f"{c.get('by_hand', 0):,}", "num"),

@@ -118,12 +118,22 @@ class MonthlyReview:
     targets: pd.DataFrame        # target, cache, window, window_start, window_end, measured, goal, result
     daily: pd.DataFrame          # DAILY_COLUMNS, one row per cache and day of the period
     top_keys: pd.DataFrame       # cache_name, cache_key, hits, misses, calls, compute_ms_saved, days_active
-    invalidations: pd.DataFrame  # cache_name, keys_invalidated
     events: pd.DataFrame         # at, kind, label, detail: what happened (admin actions, cleanups by hand)
     cleanups: dict = field(default_factory=dict)
-    fallbacks: pd.DataFrame = field(default_factory=pd.DataFrame)  # cache_name, fallbacks, calls
-    health: pd.DataFrame = field(default_factory=pd.DataFrame)     # per check: see health_summary()
-    health_runs: int = 0
+    health: pd.DataFrame = field(default_factory=pd.DataFrame)  # per check: see health_summary()
+
+    @property
+    def per_cache(self) -> pd.DataFrame:
+        """The month per cache, summed from the daily rows: cache_name, keys_invalidated, fallbacks, calls."""
+        columns = ["cache_name", "keys_invalidated", "fallbacks", "calls"]
+        if self.daily.empty:
+            return pd.DataFrame(columns=columns)
+        return self.daily.groupby("cache_name", as_index=False)[columns[1:]].sum()
+
+    @property
+    def health_runs(self) -> int:
+        """How many health snapshots the month recorded (each records every check once)."""
+        return int(self.health["runs"].max()) if not self.health.empty else 0
 
 
 def build(month: date | None = None, database: Database | None = None,
@@ -140,12 +150,9 @@ def build(month: date | None = None, database: Database | None = None,
         period=span, deployed_at=info.deployed_at, demo_data=info.demo_data,
         targets=target_rows(span, info.deployed_at, database, config),
         daily=daily, top_keys=top_keys(span, database),
-        invalidations=daily.groupby("cache_name", as_index=False)["keys_invalidated"].sum()
-        if not daily.empty else pd.DataFrame(columns=["cache_name", "keys_invalidated"]),
         events=queries.events(span.start, span.end, database=database),
         cleanups=cleanup_summary(span, database),
-        fallbacks=fallback_rows(daily),
-        health=health_summary(health), health_runs=_runs(health),
+        health=health_summary(health),
     )
 
 
@@ -261,12 +268,6 @@ def cleanup_summary(span: Period, database: Database) -> dict:
     return {name: int(row[name]) for name in row.index}
 
 
-def fallback_rows(daily: pd.DataFrame) -> pd.DataFrame:
-    if daily.empty:
-        return pd.DataFrame(columns=["cache_name", "fallbacks", "calls"])
-    return daily.groupby("cache_name", as_index=False)[["fallbacks", "calls"]].sum()
-
-
 def health_summary(history: pd.DataFrame) -> pd.DataFrame:
     """Per check over the month: worst status, how often it was not ok, and the latest result.
 
@@ -286,10 +287,6 @@ def health_summary(history: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns)
     order = frame["worst"].map(SEVERITY).fillna(0)
     return frame.assign(_o=-order).sort_values(["_o", "check_name"]).drop(columns="_o").reset_index(drop=True)
-
-
-def _runs(history: pd.DataFrame) -> int:
-    return 0 if history.empty else int(history["recorded_at"].nunique())
 
 
 # --- the figures the review states ------------------------------------------------------------
@@ -322,7 +319,8 @@ def to_dict(review: MonthlyReview) -> dict:
         "period_end": span.end.isoformat(), "partial": span.partial, "demo_data": review.demo_data,
         "calls": calls(review), "load_reduction": month_load_reduction(review),
         "targets": records(review.targets), "daily": records(review.daily), "top_keys": records(review.top_keys),
-        "invalidations": records(review.invalidations), "fallbacks": records(review.fallbacks),
+        "invalidations": records(review.per_cache[["cache_name", "keys_invalidated"]]),
+        "fallbacks": records(review.per_cache[["cache_name", "fallbacks", "calls"]]),
         "cleanups": review.cleanups, "events": records(review.events),
         "health": records(review.health), "health_snapshots": review.health_runs,
     }

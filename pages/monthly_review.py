@@ -40,9 +40,9 @@ def summary_section(data: review.MonthlyReview) -> None:
     columns = st.columns(5)
     columns[0].metric("Calls", f"{review.calls(data):,}")
     columns[1].metric("Load reduction", ui.fmt_pct(review.month_load_reduction(data)))
-    columns[2].metric("Keys invalidated by writes", f"{int(data.invalidations['keys_invalidated'].sum()):,}"
-                      if not data.invalidations.empty else "0")
-    columns[3].metric("Fallbacks", f"{int(data.fallbacks['fallbacks'].sum()):,}" if not data.fallbacks.empty else "0")
+    per_cache = data.per_cache
+    columns[2].metric("Keys invalidated by writes", f"{int(per_cache['keys_invalidated'].sum()):,}")
+    columns[3].metric("Fallbacks", f"{int(per_cache['fallbacks'].sum()):,}")
     columns[4].metric("Cleanups", f"{data.cleanups.get('cleanups', 0):,}")
 
 
@@ -77,7 +77,7 @@ def activity_section(data: review.MonthlyReview) -> None:
     st.subheader("Invalidations, fallbacks and cleanups")
     left, right = st.columns(2)
     with left:
-        per_cache = data.invalidations.merge(data.fallbacks, on="cache_name", how="outer").fillna(0)
+        per_cache = data.per_cache
         st.dataframe(pd.DataFrame({
             "Cache": per_cache["cache_name"].map(ui.cache_label),
             "Keys invalidated by writes": per_cache["keys_invalidated"].astype(int),

@@ -7,6 +7,7 @@ browser test files hold only what they assert.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -139,3 +140,29 @@ def open_page(page, link: str, title: str) -> None:
     """Follow the sidebar link ``link`` and wait for the page titled ``title``."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=link).first.click()
     settle(page, title)
+
+
+def keep_failure(page, server: dict, name: str) -> None:
+    """The page as it was and the server's log, in tests/artifacts/<name>_failure.*."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}_failure.png"), full_page=True)
+    shutil.copy(server["log"], ARTIFACTS / f"{name}_failure-streamlit.log")
+
+
+@contextmanager
+def admin_page(browser, server: dict, name: str, height: int = 2000, password: str = ADMIN_PASSWORD,
+               **context_options) -> Iterator[object]:
+    """A fresh browser context logged in as admin on ``server``, ``height`` px tall; a failure while it is
+    open (the login included) keeps a screenshot and the server's log under ``name``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": height}, **context_options)
+    page = context.new_page()
+    try:
+        page.goto(server["url"], wait_until="domcontentloaded")
+        log_in(page, password)
+        yield page
+    except Exception:
+        keep_failure(page, server, name)
+        raise
+    finally:
+        context.close()

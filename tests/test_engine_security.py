@@ -139,6 +139,12 @@ def test_nobody_writes_the_cache_tables_directly(su, role, sql):
     "SELECT * FROM cache_private.settings",
     "SELECT * FROM cache_private.maintenance_audit",
     "SELECT * FROM cache_private.cache_events",
+    # the review's history and the health history (0015, 0016)
+    "SELECT * FROM cache_private.key_activity_daily",
+    "SELECT * FROM cache_private.invalidations_daily",
+    "SELECT * FROM cache_private.health_history",
+    "SELECT cache_private.compact_history()",
+    "SELECT * FROM cache_private.record_health('cleanup')",
 ])
 def test_nobody_but_the_owner_uses_cache_private(su, role, sql):
     assert attempt(su, role, sql) == "42501"

@@ -8,17 +8,13 @@ Screenshots go to tests/artifacts/maintenance_*.png.
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 
 import psycopg
 import pytest
 
-from cachelib.config import Settings
-from cachelib.db import Database
 from cachelib.maintenance import EMERGENCY_TOKEN
-from cachelib.manager import CacheManager
-from tests.browser import ARTIFACTS, log_in, open_page, settle, streamlit_server
+from tests.browser import ARTIFACTS, admin_page, keep_failure, open_page, settle, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -33,15 +29,9 @@ def scalar(url: str, sql: str, params: tuple = ()):
 
 
 @pytest.fixture(scope="module")
-def server(db_url, tmp_path_factory):
-    """The real app against a database whose health is critical: 101 fallbacks in the last 24 hours."""
-    database = Database(db_url, Settings.from_env({}))
-    manager = CacheManager(database, Settings.from_env({}))
-    for _ in range(2):
-        for ident in (None, 1, 2):
-            manager.expert_sessions(ident)
-            manager.product_performance(ident)
-    database.close()
+def server(db_url, traffic, tmp_path_factory):
+    """The real app against a database (with some traffic) whose health is critical: 101 fallbacks in the
+    last 24 hours."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         # Three days of history: a cleanup every 3 hours (each removes a few expired entries and records the
         # checks), 5 fallbacks 45 hours ago (fallbacks: warning for a day), then the outage now (critical).
@@ -70,23 +60,12 @@ def server(db_url, tmp_path_factory):
 
 @pytest.fixture
 def page(server, browser):
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 3400})
-    page = context.new_page()
-    page.goto(server["url"], wait_until="domcontentloaded")
-    try:
-        log_in(page, ADMIN_PASSWORD)
+    with admin_page(browser, server, "maintenance_login", height=3400, password=ADMIN_PASSWORD) as page:
         yield page
-    except Exception:
-        failing(page, server, "login")
-        raise
-    finally:
-        context.close()
 
 
 def failing(page, server, name: str):
-    page.screenshot(path=str(ARTIFACTS / f"maintenance_failure_{name}.png"), full_page=True)
-    shutil.copy(server["log"], ARTIFACTS / "maintenance_failure-streamlit.log")
+    keep_failure(page, server, f"maintenance_{name}")
 
 
 def plot(page, key: str) -> dict:

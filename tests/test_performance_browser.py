@@ -7,7 +7,6 @@ back from the plotly charts the browser drew. Screenshots go to tests/artifacts/
 from __future__ import annotations
 
 import re
-import shutil
 from datetime import UTC, datetime, time, timedelta
 
 import psycopg
@@ -17,7 +16,7 @@ from cachelib import demo, ui
 from cachelib.config import Settings
 from cachelib.db import Database
 from cachelib.maintenance import EMERGENCY_TOKEN, Actor, Maintenance
-from tests.browser import ARTIFACTS, assert_clean, log_in, open_page, settle, streamlit_server
+from tests.browser import ARTIFACTS, admin_page, assert_clean, open_page, settle, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -56,20 +55,9 @@ def server(db_url, history, tmp_path_factory):
 
 @pytest.fixture
 def page(server, browser):
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 4600})
-    page = context.new_page()
-    try:
-        page.goto(server["url"], wait_until="domcontentloaded")
-        log_in(page, ADMIN_PASSWORD)
+    with admin_page(browser, server, "perf", height=4600, password=ADMIN_PASSWORD) as page:
         open_performance(page)
         yield page
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "perf_failure.png"), full_page=True)
-        shutil.copy(server["log"], ARTIFACTS / "perf_failure-streamlit.log")
-        raise
-    finally:
-        context.close()
 
 
 def open_performance(page) -> None:

@@ -318,3 +318,21 @@ def test_the_command_line_refuses_a_bad_month_or_path_in_one_line(history, tmp_p
         assert result.returncode != 0 and cause in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "missing").exists()
+
+
+def test_retention_counts_utc_days_whatever_the_sessions_time_zone(pg18):
+    """At 02:00 UTC it is still yesterday in Honolulu: the first day kept must not move with the session."""
+    url = pg18.fresh_database("review_retention_tz")
+    first_kept = date(2026, 11, 1) - timedelta(days=450)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'Pacific/Honolulu'")
+        for day in (first_kept - timedelta(days=1), first_kept):
+            conn.execute("INSERT INTO cache_private.key_activity_daily (day, cache_name, cache_key, hits) "
+                         "VALUES (%s, 'expert_sessions', 'expert_sessions:1', 5)", (day,))
+            conn.execute("INSERT INTO cache_private.invalidations_daily (day, cache_name, keys_invalidated) "
+                         "VALUES (%s, 'expert_sessions', 3)", (day,))
+        _set_clock(conn, datetime(2026, 11, 1, 2, 0, tzinfo=UTC))
+        conn.execute("SELECT cache_private.compact_history()")
+        days = [r[0] for r in conn.execute("SELECT day FROM cache_private.key_activity_daily UNION ALL "
+                                           "SELECT day FROM cache_private.invalidations_daily")]
+    assert days == [first_kept, first_kept]

@@ -15,7 +15,7 @@ import pytest
 from cachelib import demo
 from cachelib.db import Database
 from cachelib.maintenance import EMERGENCY_TOKEN, Actor, Maintenance
-from tests.browser import ARTIFACTS, assert_clean, log_in, open_page, settle
+from tests.browser import ARTIFACTS, admin_page, assert_clean, open_page, settle
 
 pytestmark = pytest.mark.browser
 
@@ -36,18 +36,9 @@ def _last_full_month(now: datetime) -> str:
     return datetime(year, month, 1).strftime("%B %Y")
 
 
-def _open_review(page, url: str) -> None:
-    page.goto(url, wait_until="domcontentloaded")
-    log_in(page)
-    open_page(page, "Monthly Review", "Monthly Review")
-
-
 def test_the_review_opens_on_the_last_full_month_with_named_windows(server, browser, tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
-    page = context.new_page()
-    try:
-        _open_review(page, server["url"])
+    with admin_page(browser, server, "review", height=2200, accept_downloads=True) as page:
+        open_page(page, "Monthly Review", "Monthly Review")
         assert_clean(page, "Monthly Review")
         month = _last_full_month(datetime.now(UTC))
         body = page.locator("body").inner_text()
@@ -62,7 +53,7 @@ def test_the_review_opens_on_the_last_full_month_with_named_windows(server, brow
         assert month in report and "Plotly.newPlot" in report
         assert f"<td>{month} (" in report  # the month's target rows name their days
         assert "Month 1 window (" in report  # and so do the milestone windows that overlap it
-        offline = context.new_page()
+        offline = page.context.new_page()
         offline.route(re.compile(r"^https?://"), lambda route: route.abort())  # nothing from the network
         offline.goto(saved.as_uri())
         offline.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
@@ -77,8 +68,3 @@ def test_the_review_opens_on_the_last_full_month_with_named_windows(server, brow
         page.get_by_text("1 emergency clear", exact=False).first.wait_for(timeout=30_000)
         assert page.locator("text=Emergency clear").count() >= 1
         page.screenshot(path=str(ARTIFACTS / "review_current_month.png"), full_page=True)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "review_failure.png"), full_page=True)
-        raise
-    finally:
-        context.close()

@@ -61,7 +61,8 @@ DECLARE
   v_now timestamptz := cache_private.cache_now();
   v_today date := (v_now AT TIME ZONE 'UTC')::date;
   v_keep integer := cache_private.setting('key_history_keys_per_day')::integer;
-  v_retention interval := pg_catalog.make_interval(days => cache_private.setting('stats_retention_days')::integer);
+  -- The first UTC day kept: dates here are UTC days, whatever the session's TimeZone.
+  v_first_kept date := v_today - cache_private.setting('stats_retention_days')::integer;
 BEGIN
   -- Once an hour: the claim is a row lock, so two roll-ups never compact at once.
   INSERT INTO cache_private.history_state AS s (name, at) VALUES ('history_compacted', v_now)
@@ -102,8 +103,8 @@ BEGIN
     compute_ms_spent = d.compute_ms_spent + EXCLUDED.compute_ms_spent,
     compute_ms_saved = d.compute_ms_saved + EXCLUDED.compute_ms_saved;
 
-  DELETE FROM cache_private.key_activity_daily WHERE day < (v_now - v_retention)::date;
-  DELETE FROM cache_private.invalidations_daily WHERE day < (v_now - v_retention)::date;
+  DELETE FROM cache_private.key_activity_daily WHERE day < v_first_kept;
+  DELETE FROM cache_private.invalidations_daily WHERE day < v_first_kept;
 END
 $$;
 
