@@ -195,7 +195,7 @@ def setup_cmd(demo: bool | None):
 
 def _setup_demo(url: str) -> None:
     """Demo rows when the demo tables are empty, then demo traffic once, over those rows only."""
-    from cachelib import demo
+    from cachelib import catalog, demo
     from cachelib.maintenance import Actor, Maintenance
 
     loaded_now = False
@@ -209,8 +209,9 @@ def _setup_demo(url: str) -> None:
         click.echo(f"demo traffic: {report.calls:,} calls over 35 days in {report.seconds:.1f} s; "
                    f"{report.live_entries:,} live entries")
         setup_actor = Actor("setup", "admin", "cli")
-        for cache in ("expert_sessions", "product_performance"):
-            Maintenance(db.get_database(url)).prewarm(setup_actor, cache)
+        for cache in catalog.caches(db.get_database(url)):
+            if cache.callable:
+                Maintenance(db.get_database(url)).prewarm(setup_actor, cache.name)
 
 
 @cli.command("serve")
@@ -438,36 +439,68 @@ def _exit_status(result) -> int:
     return 1 if result.action == "health_check" and result.details.get("overall") == "critical" else 0
 
 
-def _maintenance_command(action) -> click.Command:
-    """One `maintenance` command from the registry entry ``action`` (cachelib.actions)."""
+def _action_command(action) -> click.Command:
+    """One command from the registry entry ``action`` (cachelib.actions), in its group."""
     from cachelib import actions
 
     # A default is passed only when there is one: click takes default=None as a value, which would
     # satisfy a required option.
-    options = [click.Option([f"--{p.name}"], help=p.help, required=p.required,
-                            type=click.IntRange(*p.integer_range) if p.integer_range else str,
-                            **({"default": p.default, "show_default": True} if p.default is not None else {}))
-               for p in action.parameters]
-    options.append(click.Option(["--json", "as_json"], is_flag=True, help="Machine-readable output."))
+    params: list[click.Parameter] = []
+    for p in action.parameters:
+        kind = click.IntRange(*p.integer_range) if p.integer_range else str
+        if p.argument:
+            params.append(click.Argument([p.name], type=kind, required=p.required, metavar=p.placeholder))
+        else:
+            params.append(click.Option([f"--{p.name}"], help=p.help, required=p.required, type=kind,
+                                       multiple=p.multiple, metavar=p.placeholder,
+                                       **({"default": p.default, "show_default": True}
+                                          if p.default is not None else {})))
+    params.append(click.Option(["--json", "as_json"], is_flag=True, help="Machine-readable output."))
+    arguments = [f"{p.placeholder}: {p.help}" for p in action.parameters if p.argument]
 
     @friendly_errors
-    def callback(as_json: bool, **params):
-        result = actions.run(db.get_database(), _actor(), action.name, params)
+    def callback(as_json: bool, **given):
+        given = {name: list(value) if isinstance(value, tuple) else value for name, value in given.items()}
+        result = actions.run(db.get_database(), _actor(), action.name, given)
         emit(result.to_dict(), as_json, _ACTION_TEXT.get(action.name, lambda r: r.message)(result))
         sys.exit(_exit_status(result))
 
-    return click.Command(action.command, callback=callback, params=options, help=action.summary)
+    help_text = action.summary + ("\n\n" + "\n\n".join(arguments) if arguments else "")
+    return click.Command(action.command, callback=callback, params=params, help=help_text)
 
 
-def _add_maintenance_commands() -> None:
+@cli.group("cache")
+def cache_group():
+    """The catalog of caches: list them, add a function as a cache, remove one, change a duration."""
+
+
+@cache_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def cache_list_cmd(as_json: bool):
+    """Every cache: the function it serves, its wrapper, sources and the duration in effect (and why)."""
+    from cachelib import catalog
+
+    rows = catalog.listing(config.settings(), db.get_database())
+    lines = [f"{row['cache']}{' (guide)' if row['builtin'] else ''}: {row['description']}\n"
+             f"  function {row['function'] or '(wired by hand)'} -> {row['wrapper'] or '-'}\n"
+             f"  duration {row['duration']} ({row['duration_source']}); sources {catalog.sources_text(row['sources'])}"
+             for row in rows]
+    emit({"caches": rows}, as_json, "\n".join(lines) or "no caches")
+
+
+_GROUPS = {"maintenance": maintenance_group, "cache": cache_group}
+
+
+def _add_action_commands() -> None:
     from cachelib.actions import REGISTRY
 
     for action in REGISTRY.values():
         if action.command:
-            maintenance_group.add_command(_maintenance_command(action))
+            _GROUPS[action.group].add_command(_action_command(action))
 
 
-_add_maintenance_commands()
+_add_action_commands()
 
 
 @cli.command("config")

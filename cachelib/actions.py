@@ -1,7 +1,7 @@
 """The maintenance actions, in one registry.
 
-The API's ``POST /api/admin/cache/maintenance`` and the CLI's ``maintenance`` commands are built
-from this list, and both call ``run``. That makes ``run`` the one path for the rules at the edge:
+The API's ``POST /api/admin/cache/maintenance`` and the CLI's ``maintenance`` and ``cache`` commands
+are built from this list, and both call ``run``. That makes ``run`` the one path for the rules at the edge:
 unknown actions, NUL characters, who may run an action (a refusal is audited), and which parameters
 an action takes. Each action's own rules (ranges, the emergency token, known caches) are checked by
 ``Maintenance``, which the dashboard also calls.
@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachelib.catalog import parse_duration
+from cachelib.config import Duration, settings
 from cachelib.db import Database
 from cachelib.errors import InvalidInput, PermissionDenied
 from cachelib.maintenance import EMERGENCY_TOKEN, ActionResult, Actor, Maintenance, may_maintain, write_audit
@@ -26,6 +28,8 @@ class Parameter:
     integer_range: tuple[int, int] | None = None  # an integer in this range (both ends allowed)
     default: Any = None
     required: bool = False
+    argument: bool = False  # on the command line a positional argument, not an option
+    multiple: bool = False  # may be given more than once (the API also takes a comma-separated list)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Action:
     parameters: tuple[Parameter, ...] = ()
     one_of: bool = False  # the parameters are alternatives (for the usage line; Maintenance checks it)
     note: str = ""
+    group: str = "maintenance"  # python -m cachelib GROUP COMMAND
 
     @property
     def usage(self) -> str:
@@ -73,10 +78,39 @@ REGISTRY: dict[str, Action] = {action.name: action for action in (
     Action("prewarm", "prewarm", "Compute a cache's all-rows key and its most used ids ahead of traffic.",
            lambda m, actor, p: m.prewarm(actor, p["cache"]),
            (Parameter("cache", "The cache to prewarm, e.g. product_performance.", "NAME", required=True),)),
+    Action("cache_add", "add", "Register a function returning jsonb as a cache: creates FUNCTION_cached, its "
+           "invalidation triggers on each source table and its grants.",
+           lambda m, actor, p: m.add_cache(actor, p["function"], p["source"], _duration(p.get("duration")),
+                                           p.get("name"), p.get("description")),
+           (Parameter("function", "The function to cache, e.g. public.get_order_summary (add its argument types "
+                                  "when the name is overloaded).", "FUNCTION", required=True, argument=True),
+            Parameter("source", "A table the function reads, as TABLE or TABLE:COLUMN where COLUMN holds the "
+                                "function's argument (then a changed row invalidates only its key).",
+                      "TABLE[:COLUMN]", required=True, multiple=True),
+            Parameter("duration", "How long results stay cached, e.g. 10m (default CACHE_DEFAULT_DURATION).", "10m"),
+            Parameter("name", "The cache's name (default: the function's name without get_).", "NAME"),
+            Parameter("description", "What the cache holds, for people.", "TEXT")), group="cache"),
+    Action("cache_remove", "remove", "Drop a registered cache: its wrapper, triggers, entries and statistics.",
+           lambda m, actor, p: m.remove_cache(actor, p["cache"]),
+           (Parameter("cache", "The cache to remove.", "NAME", required=True, argument=True),), group="cache"),
+    Action("cache_duration", "duration", "Set how long a cache keeps results, for every caller, until set again "
+           "(default: back to its environment variable or registered duration).",
+           lambda m, actor, p: m.set_cache_duration(actor, p["cache"], _duration_or_default(p["duration"])),
+           (Parameter("cache", "The cache.", "NAME", required=True, argument=True),
+            Parameter("duration", "A duration such as 15m or 1h30m, or default.", "DURATION", required=True,
+                      argument=True)), group="cache"),
     Action("verify", None, "The read-only deployment checks (python -m cachelib verify has more options).",
            lambda m, actor, p: verify_deployment(m, actor), note="the read-only deployment checks"),
 )}
 ACTIONS = tuple(REGISTRY)
+
+
+def _duration(text: str | None) -> Duration:
+    return parse_duration(text) if text else settings().default_duration
+
+
+def _duration_or_default(text: str) -> Duration | None:
+    return None if text.strip().lower() == "default" else parse_duration(text)
 
 
 def verify_deployment(maintenance: Maintenance, actor: Actor) -> ActionResult:
@@ -108,7 +142,8 @@ def run(database: Database, actor: Actor, name: str, params: dict[str, Any]) -> 
         raise InvalidInput(f"unknown action {name!r}; valid actions: {', '.join(ACTIONS)}")
     given = {key: value for key, value in params.items() if value is not None}
     for key, value in given.items():
-        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, str) and "\x00" in v for v in values):  # PostgreSQL text cannot hold NUL
             raise InvalidInput(f"{key} must not contain NUL characters")
     maintenance = Maintenance(database)
     if not may_maintain(actor):

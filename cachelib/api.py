@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cachelib import actions, apikeys, queries, review
+from cachelib import actions, apikeys, catalog, queries, review
 from cachelib.actions import ACTIONS, REGISTRY, actions_for
 from cachelib.config import TrustedProxies, parse_boolean, settings
 from cachelib.db import Database, get_database
@@ -418,6 +418,16 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
                       {"caches": len(report["caches"])}, database=database)
         return report
 
+    @app.get(f"{ADMIN_PREFIX}/caches", tags=["admin"],
+             summary="The catalog of caches: function, wrapper, sources, and the duration in effect and why",
+             responses=_errors(400, 401, 429, 503, 500))
+    def get_caches(actor: Actor = Depends(authenticated)):
+        database = current_database()
+        rows = catalog.listing(settings(), database)
+        apikeys.audit(actor, "api_get_caches", {"route": f"GET {ADMIN_PREFIX}/caches"}, "ok",
+                      {"caches": len(rows)}, database=database)
+        return {"caches": rows}
+
     @app.get(f"{ADMIN_PREFIX}/maintenance", response_model=MaintenanceBody, tags=["admin"],
              summary="Last cleanup, health summary and the actions available to the caller",
              responses=_errors(400, 401, 429, 503, 500))
@@ -441,8 +451,15 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
         cache: str | None = Query(None, description=_described("cache")),
         key: str | None = Query(None, description=_described("key")),
         confirm: str | None = Query(None, description=_described("confirm")),
+        function: str | None = Query(None, description=_described("function"), max_length=300),
+        source: list[str] | None = Query(None, description=_described("source")
+                                         + " Repeat it, or separate tables with commas."),
+        duration: str | None = Query(None, description=_described("duration"), max_length=40),
+        name: str | None = Query(None, description=_described("name"), max_length=100),
+        description: str | None = Query(None, description=_described("description"), max_length=500),
     ):
-        params = {"days": days, "cache": cache, "key": key, "confirm": confirm}
+        params = {"days": days, "cache": cache, "key": key, "confirm": confirm, "function": function,
+                  "source": source, "duration": duration, "name": name, "description": description}
         return run_action(current_database(), actor, action, params)
 
     @app.get(f"{ADMIN_PREFIX}/review", tags=["admin"],

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cachelib import catalog
 from cachelib.config import Settings
 from cachelib.db import connect
 from cachelib.errors import InvalidInput
@@ -39,10 +40,15 @@ OUTDATED = ("pg_stat_statements is older than this server: run in this database:
             "ALTER EXTENSION pg_stat_statements UPDATE;")
 
 # Anything matching is cached already, is the cache's own bookkeeping, or is a tool's query.
-_OWN = sorted(ALL_FUNCTIONS, key=len, reverse=True)
-EXCLUDE_PATTERN = (r"(query_cache|cache_cleanup_log|cache_private\.|_cachelib_migrations|_yoyo_|yoyo_lock"
-                   r"|information_schema\.|cron\.|\mpg_\w+"  # pg_catalog, pg_stat_*, pg_class, pg_advisory_lock ...
-                   r"|\m(set_config|current_setting|has_\w+_privilege|to_reg\w+|" + "|".join(_OWN) + r")\s*\()")
+def exclude_pattern(cached: list[str] = ()) -> str:
+    """What is left out: our own functions, the functions of the catalog's caches and their wrappers
+    (``cached``, plain names), the cache's tables, and tools' queries."""
+    own = sorted({*ALL_FUNCTIONS, *cached}, key=len, reverse=True)
+    return (r"(query_cache|cache_cleanup_log|cache_private\.|cache_catalog|_cachelib_migrations|_yoyo_|yoyo_lock"
+            r"|information_schema\.|cron\.|\mpg_\w+"  # pg_catalog, pg_stat_*, pg_class, pg_advisory_lock ...
+            r"|\m(set_config|current_setting|has_\w+_privilege|to_reg\w+|"
+            + "|".join(re.escape(name) for name in own) + r")\s*\()")
+
 # Caching what runs in under a millisecond costs more than it saves (optimize_cache drops such entries too).
 DEFAULT_MIN_MEAN_MS = 1.0
 READ_PATTERN = r"^\s*(\(\s*)*(select|with|table|values)\M"
@@ -91,6 +97,17 @@ def _unavailable(reason: str) -> CandidatesReport:
     return CandidatesReport(False, "cannot list caching candidates: " + reason.split(":")[0], reason)
 
 
+def _cached_names(conn) -> list[str]:
+    """The plain names of every registered cache's function and wrapper (none before 0017)."""
+    try:
+        with conn.transaction():
+            caches = catalog.read(conn)
+    except psycopg.errors.UndefinedTable:
+        return []
+    return [name.split(".")[-1].strip('"') for cache in caches if cache.callable
+            for name in (cache.function_name, cache.wrapper_name)]
+
+
 def find_candidates(url: str, limit: int = 10, min_calls: int = 2, min_mean_ms: float = DEFAULT_MIN_MEAN_MS,
                     config: Settings | None = None) -> CandidatesReport:
     """The ``limit`` most expensive repeated read queries not yet cached (by total execution time).
@@ -135,7 +152,7 @@ def find_candidates(url: str, limit: int = 10, min_calls: int = 2, min_mean_ms: 
                     ORDER BY total_exec_time DESC
                     LIMIT %(limit)s""",
                 {"min_calls": min_calls, "min_mean_ms": min_mean_ms, "read": READ_PATTERN, "write": WRITE_PATTERN,
-                 "exclude": EXCLUDE_PATTERN,
+                 "exclude": exclude_pattern(_cached_names(conn)),
                  "limit": limit}).fetchall()
         except psycopg.errors.ObjectNotInPrerequisiteState:
             return _unavailable(NOT_LOADED)

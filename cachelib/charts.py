@@ -33,7 +33,7 @@ import plotly.graph_objects as go
 from cachelib import formats, queries
 
 ALL_CACHES_COLOR = "#0f766e"   # series of all caches together (load reduction of every cache)
-OTHER_COLOR = "#475569"        # a cache without a colour of its own
+OTHER_COLOR = "#475569"        # a window without a fill of its own
 WINDOW_FILL = {"Week 1": "#f59e0b", "Month 1": "#6366f1"}
 TARGET_DASH = {"Week 1": "dot", "Month 1": "dash"}
 # kind -> (colour, dash) of the event line; kinds not listed (scheduled_cleanup) are counted, not drawn.
@@ -180,10 +180,10 @@ def log_axis(figure: go.Figure, values: Iterable[float], suffix: str = " ms", **
 # --- colours, targets, windows, events ------------------------------------------------------
 
 def series_color(cache: str | None) -> str:
-    """The colour of a cache's series on every page (formats.CACHE_COLORS); None: all caches together."""
+    """The colour of a cache's series on every page (formats.cache_color); None: all caches together."""
     if cache is None:
         return ALL_CACHES_COLOR
-    return formats.CACHE_COLORS.get(formats.cache_label(cache), OTHER_COLOR)
+    return formats.cache_color(cache)
 
 
 def add_target(figure: go.Figure, target: queries.Target, color: str | None = None, **where) -> None:

@@ -123,7 +123,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHELIB_DATA_DIR", ".data/pg", "Data directory of the embedded PostgreSQL server."),
     Setting("CACHE_EXPERT_SESSIONS_DURATION", "5m", "How long expert-session statistics stay cached."),
     Setting("CACHE_ANALYTICS_DURATION", "15m", "How long product analytics stay cached."),
-    Setting("CACHE_DEFAULT_DURATION", "10m", "Duration for any other cached function."),
+    Setting("CACHE_DEFAULT_DURATION", "10m",
+            "Duration of a cache registered without one of its own (cache add without --duration)."),
     Setting("CACHE_ENABLED", "true", "false: every call goes straight to the direct query (the guide's kill switch)."),
     Setting("CACHE_DEPLOYED_AT", None, "Deployment start (ISO date/time) from which Week 1 and Month 1 count. "
             "Unset: the time the first migration ran."),
@@ -234,12 +235,14 @@ class Settings:
             sources=sources,
         )
 
-    def duration_for(self, cache_name: str) -> Duration:
-        """The configured duration of one cache (by its SQL cache name)."""
-        return {
-            "expert_sessions": self.expert_sessions_duration,
-            "product_performance": self.analytics_duration,
-        }.get(cache_name, self.default_duration)
+    def duration_from(self, setting: str) -> Duration:
+        """The duration a duration setting holds (the catalog says which setting feeds which cache)."""
+        durations = {"CACHE_EXPERT_SESSIONS_DURATION": self.expert_sessions_duration,
+                     "CACHE_ANALYTICS_DURATION": self.analytics_duration,
+                     "CACHE_DEFAULT_DURATION": self.default_duration}
+        if setting not in durations:
+            raise ConfigError(f"{setting} is not a duration setting; known: {', '.join(durations)}")
+        return durations[setting]
 
 
 def _path(text: str) -> Path:

@@ -7,6 +7,7 @@ the same wherever it is shown.
 from __future__ import annotations
 
 import math
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,13 +16,22 @@ import pandas as pd
 # What each cache is called on every page, chart and report, and the colour of its series.
 CACHE_LABELS = {"expert_sessions": "Expert sessions", "product_performance": "Product analytics"}
 CACHE_COLORS = {"Expert sessions": "#2563eb", "Product analytics": "#db2777"}
+# Registered caches take one of these, by name, so each keeps its colour on every page and in every
+# report. None is red, orange or green: those mean severity here.
+REGISTERED_CACHE_COLORS = ("#0d9488", "#7c3aed", "#4338ca", "#92400e", "#0e7490", "#475569")
 
 
 def cache_label(name: str | None) -> str:
     """A cache's name for people; None means every cache together."""
     if name is None:
         return "all caches"
-    return CACHE_LABELS.get(name, name)
+    return CACHE_LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+def cache_color(name: str) -> str:
+    """The colour of a cache's series: the guide's caches their own, any other one from a fixed palette."""
+    return CACHE_COLORS.get(cache_label(name)) or REGISTERED_CACHE_COLORS[zlib.crc32(name.encode())
+                                                                          % len(REGISTERED_CACHE_COLORS)]
 
 
 def _missing(value: Any) -> bool:

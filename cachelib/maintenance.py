@@ -1,4 +1,5 @@
-"""The write side: health check, cleanup, statistics, optimize, invalidate, emergency clear, prewarm.
+"""The write side: health check, cleanup, statistics, optimize, invalidate, emergency clear, prewarm,
+and the catalog of caches (add, remove, duration).
 
 (Verify, which reads the whole deployment, is run by cachelib.actions: verify sits above this module.)
 
@@ -19,6 +20,8 @@ from typing import Any, Literal
 
 import psycopg
 
+from cachelib.catalog import find, parse_sources
+from cachelib.config import Duration
 from cachelib.db import Database, get_database, translated_errors
 from cachelib.errors import ConfirmationRequired, InvalidInput, PermissionDenied
 from cachelib.jsonsafe import plain
@@ -141,23 +144,68 @@ class Maintenance:
         return self.act(actor, "emergency_clear", {}, run)
 
     def prewarm(self, actor: Actor, cache: str, manager=None, top_ids: int = 20) -> ActionResult:
-        """Fill one cache: its all-rows key and its most requested ids."""
-        from cachelib.manager import CACHED_FUNCTIONS, CacheManager
+        """Fill one cache: its all-rows key and its most requested keys."""
+        from cachelib.manager import CacheManager
 
-        if cache not in CACHED_FUNCTIONS:
-            raise InvalidInput(f"unknown cache {cache!r}; known: {', '.join(sorted(CACHED_FUNCTIONS))}")
         manager = manager or CacheManager(self.database)
+        entry = find(cache, manager.caches())
+        if not entry.callable:
+            raise InvalidInput(f"cache {cache} was wired by hand: prewarm it by calling its function")
 
         def run(conn):
-            ids = [r[0] for r in conn.execute(
-                """SELECT split_part(cache_key, ':', 2)::bigint FROM public.query_cache
-                   WHERE cache_name = %s AND cache_key !~ ':all$' AND split_part(cache_key, ':', 2) ~ '^[0-9]+$'
+            keys = [] if entry.key_type is None else [r[0] for r in conn.execute(
+                """SELECT split_part(cache_key, ':', 2) FROM public.query_cache
+                   WHERE cache_name = %s AND cache_key <> cache_name || ':all'
                    ORDER BY hit_count DESC, cache_key LIMIT %s""", (cache, top_ids)).fetchall()]
-            for ident in [None, *ids]:
-                manager.call(cache, ident)
-            self._audit(conn, "prewarm", {"cache": cache}, "ok", {"keys_warmed": len(ids) + 1})
-            return f"Prewarmed {len(ids) + 1} keys of {cache}", {"keys_warmed": len(ids) + 1}
+            for key in [None, *keys]:
+                manager.call(cache, key if entry.key_type == "uuid" or key is None else int(key))
+            self._audit(conn, "prewarm", {"cache": cache}, "ok", {"keys_warmed": len(keys) + 1})
+            return f"Prewarmed {len(keys) + 1} keys of {cache}", {"keys_warmed": len(keys) + 1}
         return self.act(actor, "prewarm", {"cache": cache}, run)
+
+    # --- the catalog of caches (cachelib.catalog reads it) -----------------
+
+    def add_cache(self, actor: Actor, function: str, sources: str | list[str], duration: Duration,
+                  name: str | None = None, description: str | None = None) -> ActionResult:
+        """Register ``function`` as a cache (wrapper, triggers, grants); the SQL refuses what cannot be cached."""
+        if not (function or "").strip():
+            raise InvalidInput("give the function to cache, e.g. public.get_order_summary")
+        for label, text in (("function", function), ("name", name), ("description", description)):
+            _check_text(label, text)
+        source_list = parse_sources(sources)
+        params = {"function": function, "sources": source_list, "duration": str(duration), "name": name}
+
+        def run(conn):
+            result = conn.execute(
+                "SELECT cache_private.register_cache(%s, %s, %s::interval, %s, %s)",
+                (function, source_list, f"{duration.seconds} seconds", name, description)).fetchone()[0]
+            wrapper = result["wrapper"].split("(")[0]
+            return (f"Registered cache {result['cache']}: call {wrapper}(…); "
+                    f"{len(result['sources'])} source table(s), {duration}"), result
+        return self.act(actor, "cache_add", params, run)
+
+    def remove_cache(self, actor: Actor, cache: str) -> ActionResult:
+        """Drop a registered cache: its wrapper, triggers, entries and statistics."""
+        _check_text("cache", cache)
+
+        def run(conn):
+            result = conn.execute("SELECT cache_private.unregister_cache(%s)", (cache,)).fetchone()[0]
+            return (f"Removed cache {cache}: dropped {result['wrapper'].split('(')[0]}, its triggers and "
+                    f"{result['entries_deleted']} entries"), result
+        return self.act(actor, "cache_remove", {"cache": cache}, run)
+
+    def set_cache_duration(self, actor: Actor, cache: str, duration: Duration | None) -> ActionResult:
+        """Set how long ``cache`` keeps results, for every caller (None: back to its default)."""
+        _check_text("cache", cache)
+
+        def run(conn):
+            result = conn.execute("SELECT cache_private.set_cache_duration(%s, %s::interval)",
+                                  (cache, None if duration is None else f"{duration.seconds} seconds")).fetchone()[0]
+            message = (f"Cache {cache} runs with its default duration again" if duration is None
+                       else f"Cache {cache} now keeps results for {duration}, whatever a caller asks")
+            return message, result
+        return self.act(actor, "cache_duration",
+                        {"cache": cache, "duration": "default" if duration is None else str(duration)}, run)
 
     # --- shared plumbing -----------------------------------------------------
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 import psycopg
 
+from cachelib import catalog
+from cachelib.catalog import Cache
 from cachelib.config import Settings, settings
 from cachelib.db import Database, get_database, is_connection_failure, unavailable_error
 from cachelib.errors import InvalidInput
@@ -29,39 +32,37 @@ from cachelib.errors import InvalidInput
 log = logging.getLogger("cachelib.manager")
 
 
-@dataclass(frozen=True)
-class CachedFunction:
-    """How one cache is called: its cached function, its direct twin, its id parameter."""
-
-    cache_name: str
-    cached_sql: str
-    direct_sql: str
-    id_label: str
+# How long a process trusts its copy of the catalog: a cache registered or removed elsewhere is seen
+# within this long, and a call costs no catalog read.
+CATALOG_TTL_SECONDS = 5.0
+INTEGER_TYPES = {"smallint": 2**15 - 1, "integer": 2**31 - 1, "bigint": 2**63 - 1}
 
 
-CACHED_FUNCTIONS = {
-    "expert_sessions": CachedFunction(
-        "expert_sessions",
-        "SELECT public.get_expert_sessions_with_stats_cached(%s::bigint, %s::interval)::text",
-        "SELECT public.get_expert_sessions_with_stats(%s::bigint)::text",
-        "expert_id",
-    ),
-    "product_performance": CachedFunction(
-        "product_performance",
-        "SELECT public.get_product_performance_cached(%s::bigint, %s::interval)::text",
-        "SELECT public.get_product_performance(%s::bigint)::text",
-        "product_id",
-    ),
-}
-MAX_ID = 2**63 - 1
-
-
-def _check_id(label: str, value: Any) -> int | None:
+def _check_key(cache: Cache, value: Any) -> Any:
+    """The key argument, checked for its type: ids are positive whole numbers, uuids UUIDs; None means all."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
-        raise InvalidInput(f"{label} must be a positive whole number or None for all, got {value!r}")
+    if cache.key_type is None:
+        raise InvalidInput(f"cache {cache.name} takes no key, got {value!r}")
+    if cache.key_type == "uuid":
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError:
+            raise InvalidInput(f"{cache.key_label} must be a UUID or None for all, got {value!r}") from None
+    largest = INTEGER_TYPES.get(cache.key_type, 2**63 - 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= largest:
+        raise InvalidInput(f"{cache.key_label} must be a positive whole number or None for all, got {value!r}")
     return value
+
+
+def calls(cache: Cache, key: Any, duration: str) -> tuple[tuple[str, tuple], tuple[str, tuple]]:
+    """The cached call and the direct call of ``cache``, each as (SQL, parameters). The function
+    names come from the owner's catalog, which only the owner's registration writes."""
+    if cache.key_type is None:
+        return ((f"SELECT {cache.wrapper_name}(p_cache_duration => %s::interval)::text", (duration,)),
+                (f"SELECT {cache.function_name}()::text", ()))
+    return ((f"SELECT {cache.wrapper_name}(%s::{cache.key_type}, %s::interval)::text", (key, duration)),
+            (f"SELECT {cache.function_name}(%s::{cache.key_type})::text", (key,)))
 
 
 class CacheManager:
@@ -75,6 +76,8 @@ class CacheManager:
         self.clock = clock
         self._fallbacks: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._catalog: list[Cache] = []
+        self._catalog_read_at = -CATALOG_TTL_SECONDS
 
     def expert_sessions(self, expert_id: int | None = None) -> list[dict]:
         """Per-expert session statistics (all experts when expert_id is None)."""
@@ -89,39 +92,60 @@ class CacheManager:
         with self._lock:
             return dict(self._fallbacks)
 
-    def call(self, cache_name: str, ident: int | None = None) -> list[dict]:
-        """Call one cache by name; raises InvalidInput or DatabaseUnavailable."""
-        function = CACHED_FUNCTIONS.get(cache_name)
-        if function is None:
-            raise InvalidInput(f"unknown cache {cache_name!r}; known: {', '.join(sorted(CACHED_FUNCTIONS))}")
-        ident = _check_id(function.id_label, ident)
+    def caches(self) -> list[Cache]:
+        """The catalog, read at most every CATALOG_TTL_SECONDS; raises DatabaseUnavailable."""
+        with self._lock:
+            if time.monotonic() - self._catalog_read_at < CATALOG_TTL_SECONDS and self._catalog:
+                return self._catalog
+        known = catalog.caches(self.database)
+        with self._lock:
+            self._catalog, self._catalog_read_at = known, time.monotonic()
+        return known
+
+    def call(self, cache_name: str, ident: Any = None) -> Any:
+        """Call one cache by name with its key (None: all); raises InvalidInput or DatabaseUnavailable."""
+        known = self.caches()
+        if cache_name not in {c.name for c in known}:
+            known = self._reread_catalog()  # registered a moment ago by another process?
+        cache = catalog.find(cache_name, known)
+        if not cache.callable:
+            raise InvalidInput(f"cache {cache_name} was wired by hand: call its own function")
+        ident = _check_key(cache, ident)
+        duration = f"{catalog.duration_in_effect(cache, self.config)[0].seconds} seconds"
+        (cached_sql, cached_params), direct = calls(cache, ident, duration)
         if not self.config.cache_enabled:
-            return self._run(function.direct_sql, (ident,))
-        duration = f"{self.config.duration_for(cache_name).seconds} seconds"
+            return self._run(*direct)
         try:
-            text = self._execute(function.cached_sql, (ident, duration))
+            text = self._execute(cached_sql, cached_params)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and is_connection_failure(exc):
                 raise unavailable_error(self.database.url, exc) from None
             if getattr(exc, "sqlstate", "") == "22023":
                 raise InvalidInput(exc.diag.message_primary or str(exc)) from None
-            return self._fall_back(function, ident, _reason(exc))
+            return self._fall_back(cache, direct, _reason(exc))
         try:
             data = orjson.loads(text) if text is not None else None
         except orjson.JSONDecodeError as exc:  # valid for jsonb, not for us (a number beyond a double)
-            return self._fall_back(function, ident, f"malformed cache data: unreadable JSON ({exc})"[:200])
-        problem = _shape_problem(data)
+            return self._fall_back(cache, direct, f"malformed cache data: unreadable JSON ({exc})"[:200])
+        # The guide's functions return an array of objects, so anything else in their cache is damage.
+        # A registered function may return any JSON: there the database's jsonb is all we can check.
+        problem = _shape_problem(data) if cache.builtin else None
         if problem:
-            return self._fall_back(function, ident, f"malformed cache data: expected a JSON array of objects, "
-                                                    f"got {problem}")
+            return self._fall_back(cache, direct, f"malformed cache data: expected a JSON array of objects, "
+                                                  f"got {problem}")
         return data
 
-    def _fall_back(self, function: CachedFunction, ident: int | None, reason: str) -> list[dict]:
-        log.warning("cache %s failed, serving the direct query instead: %s", function.cache_name, reason)
+    def _reread_catalog(self) -> list[Cache]:
         with self._lock:
-            self._fallbacks[function.cache_name] += 1
-        self._record_fallback(function.cache_name, reason)
-        return self._run(function.direct_sql, (ident,))
+            self._catalog_read_at = -CATALOG_TTL_SECONDS
+        return self.caches()
+
+    def _fall_back(self, cache: Cache, direct: tuple[str, tuple], reason: str) -> Any:
+        log.warning("cache %s failed, serving the direct query instead: %s", cache.name, reason)
+        with self._lock:
+            self._fallbacks[cache.name] += 1
+        self._record_fallback(cache.name, reason)
+        return self._run(*direct)
 
     def _record_fallback(self, cache_name: str, reason: str) -> None:
         try:

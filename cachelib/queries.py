@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 from psycopg.types.numeric import FloatLoader
 
+from cachelib import catalog
 from cachelib.config import Settings, settings
 from cachelib.db import Database, get_database, translated_errors
 from cachelib.errors import InvalidInput
@@ -45,6 +47,16 @@ def cache_names(database: Database | None = None) -> list[str]:
     """The registered caches, by name (cheap: no scan of the entries)."""
     return list(_frame("SELECT cache_name FROM cache_private.caches ORDER BY cache_name", database=database)
                 ["cache_name"])
+
+
+def cache_catalog(database: Database | None = None) -> list[dict[str, Any]]:
+    """The catalog for the pages: see cachelib.catalog.listing."""
+    return catalog.listing(settings(), database or get_database())
+
+
+def cacheable_functions(database: Database | None = None) -> list[dict[str, Any]]:
+    """Functions an admin could register as caches, with suggested sources (cachelib.catalog)."""
+    return catalog.cacheable_functions(database or get_database())
 
 
 def guide_overview(database: Database | None = None) -> pd.DataFrame:

@@ -15,6 +15,7 @@ of those writes is not exercised. A cleanup runs only with ``allow_writes=True``
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 import tomllib
@@ -26,10 +27,11 @@ from typing import Literal
 
 import psycopg
 
-from cachelib import migrate, schedule
+from cachelib import catalog, migrate, schedule
 from cachelib.config import PROJECT_ROOT, SETTINGS, Settings
 from cachelib.db import Database, connect, describe_url
 from cachelib.errors import CacheError
+from cachelib.manager import calls
 
 Status = Literal["pass", "fail", "skipped"]
 GROUPS = ("environment", "database", "operations", "api", "dashboard")
@@ -63,16 +65,17 @@ ADMIN_FUNCTIONS = {
     "emergency_clear_cache": "text",
 }
 ALL_FUNCTIONS = {**READ_FUNCTIONS, **ADMIN_FUNCTIONS}
-# The 15 the guide's Step 1 lists (the direct twins do not contain "cache").
+# The 15 the guide's Step 1 lists on a default install (the direct twins do not contain "cache");
+# every cache registered since adds its wrapper <function>_cached.
 EXPECTED_CACHE_ROUTINES = sorted(name for name in ALL_FUNCTIONS if "cache" in name)
 
-# Source table -> (cache it feeds, column holding the id that keys it), as 0006 attaches them.
-SOURCE_TABLES = {
-    "experts": ("expert_sessions", "id"),
-    "expert_sessions": ("expert_sessions", "expert_id"),
-    "products": ("product_performance", "id"),
-    "orders": ("product_performance", "product_id"),
-}
+
+def registered_wrappers(conn) -> dict[str, str]:
+    """name -> signature of the wrappers of caches registered after install (public schema)."""
+    return {cache.wrapper_name.split(".", 1)[1]: cache.wrapper for cache in catalog.read(conn)
+            if cache.callable and not cache.builtin and cache.wrapper_name.startswith("public.")}
+
+DURATION_SETTINGS = ("CACHE_EXPERT_SESSIONS_DURATION", "CACHE_ANALYTICS_DURATION", "CACHE_DEFAULT_DURATION")
 CACHE_TABLES = ("query_cache", "cache_cleanup_log")
 # yoyo's bookkeeping lives in public too; on Supabase public tables are exposed to anon by default.
 MIGRATION_TABLES = ("_cachelib_migrations", "_yoyo_log", "_yoyo_version", "yoyo_lock")
@@ -184,12 +187,10 @@ def _environment_checks(run: _Run, config: Settings | None) -> Settings:
     run.add(Check("settings parse", group, "pass",
                   f"{len(SETTINGS)} settings valid ({len(set_here)} from the environment"
                   + (f": {', '.join(set_here)}" if set_here else "") + ")"))
-    durations = [("expert_sessions", "CACHE_EXPERT_SESSIONS_DURATION", config.expert_sessions_duration),
-                 ("product_performance", "CACHE_ANALYTICS_DURATION", config.analytics_duration),
-                 ("other caches", "CACHE_DEFAULT_DURATION", config.default_duration)]
+    # Which cache each setting feeds is the catalog's business (database: cache catalog).
     run.add(Check("durations in effect", group, "pass", ", ".join(
-        f"{cache} {value} ({setting} {config.sources.get(setting, 'default')})"
-        for cache, setting, value in durations)))
+        f"{setting} {config.duration_from(setting)} ({config.sources.get(setting, 'default')})"
+        for setting in DURATION_SETTINGS)))
     if config.cache_enabled:
         run.add(Check("caching enabled", group, "pass", "CACHE_ENABLED=true"))
     else:
@@ -329,67 +330,71 @@ def _routines_check(conn) -> Check:
     name, group = "cache functions", "database"
     rows = conn.execute(GUIDE_ROUTINES_SQL).fetchall()
     found = [r[0] for r in rows]
-    missing = [f for f in EXPECTED_CACHE_ROUTINES if f not in found]
-    extra = sorted({f for f in found if f not in EXPECTED_CACHE_ROUTINES} | {f for f in found if found.count(f) > 1})
+    registered = registered_wrappers(conn)
+    expected = sorted([*EXPECTED_CACHE_ROUTINES, *registered])
+    missing = [f for f in expected if f not in found]
+    extra = sorted({f for f in found if f not in expected} | {f for f in found if found.count(f) > 1})
     not_functions = [r[0] for r in rows if r[1] != "FUNCTION"]
     problems, fixes = [], []
     for function in missing:
         problems.append(f"{function}() is missing")
-        fixes.append(f"re-create public.{function} from {_defined_in(function)} and its GRANT from "
-                     "sql/migrations/0009_security.sql")
+        if function in registered:
+            fixes.append(f"SELECT cache_private.write_wrapper(cache_name) FROM cache_private.caches "
+                         f"WHERE wrapper_signature = '{registered[function]}';")
+        else:
+            fixes.append(f"re-create public.{function} from {_defined_in(function)} and its GRANT from "
+                         "sql/migrations/0009_security.sql")
     if extra:
         problems.append(f"unexpected: {', '.join(extra)}")
-        fixes.append("drop them, or (a cached function you added) list them in cachelib/verify.py READ_FUNCTIONS")
+        fixes.append("drop them, or register the function they cache: python -m cachelib cache add FUNCTION "
+                     "--source TABLE[:COLUMN]")
     if not_functions:
         problems.append(f"not functions: {', '.join(not_functions)}")
+    also = f" (the guide's {len(EXPECTED_CACHE_ROUTINES)} and {len(registered)} registered)" if registered else ""
     if problems:
         return Check(name, group, "fail", f"the guide's Step 1 query lists {len(rows)} routines, expected "
-                     f"{len(EXPECTED_CACHE_ROUTINES)}: " + "; ".join(problems), "; ".join(fixes) or None)
-    return Check(name, group, "pass", f"the guide's Step 1 query lists exactly {len(rows)} functions, as expected")
+                     f"{len(expected)}{also}: " + "; ".join(problems), "; ".join(fixes) or None)
+    return Check(name, group, "pass",
+                 f"the guide's Step 1 query lists exactly {len(rows)} functions{also}, as expected")
 
 
-def _trigger_sql(table: str, cache: str, column: str, suffix: str) -> str:
-    name = f"invalidate_{cache}_{suffix}"
-    if suffix == "truncate":
-        return (f"CREATE TRIGGER {name} AFTER TRUNCATE ON public.{table} FOR EACH STATEMENT "
-                f"EXECUTE FUNCTION cache_private.invalidate_all_of_cache('{cache}');")
-    event, refs = {"ins": ("INSERT", "NEW TABLE AS new_rows"),
-                   "upd": ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-                   "del": ("DELETE", "OLD TABLE AS old_rows")}[suffix]
-    return (f"CREATE TRIGGER {name} AFTER {event} ON public.{table} REFERENCING {refs} FOR EACH STATEMENT "
-            f"EXECUTE FUNCTION cache_private.invalidate_from_rows('{cache}', '{column}');")
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _triggers_check(conn) -> Check:
+    """Every source of every cache in the catalog has its invalidation triggers, enabled."""
     name, group = "invalidation triggers", "database"
-    problems, fixes, good = [], [], 0
-    for table, (cache, column) in SOURCE_TABLES.items():
-        if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()[0] is None:
-            problems.append(f"source table public.{table} does not exist")
-            fixes.append("python -m cachelib migrate on this database")
-            continue
-        present = dict(conn.execute(
-            """SELECT tgname, tgenabled FROM pg_trigger
-               WHERE tgrelid = %s::regclass AND NOT tgisinternal""", (f"public.{table}",)).fetchall())
-        for suffix in ("ins", "upd", "del", "truncate"):
-            trigger = f"invalidate_{cache}_{suffix}"
-            enabled = present.get(trigger)
-            if enabled is None:
-                problems.append(f"{trigger} is missing on public.{table}")
-                fixes.append(_trigger_sql(table, cache, column, suffix))
-            elif enabled == "D":
-                problems.append(f"{trigger} is disabled on public.{table}")
-                fixes.append(f"ALTER TABLE public.{table} ENABLE TRIGGER {trigger};")
-            elif enabled == "R":
-                problems.append(f"{trigger} on public.{table} fires only on replicas (ENABLE REPLICA)")
-                fixes.append(f"ALTER TABLE public.{table} ENABLE TRIGGER {trigger};")
-            else:
-                good += 1
+    problems, fixes, good, tables = [], [], 0, []
+    for cache in catalog.read(conn):
+        for source in cache.sources:
+            table, column = source["table"], source.get("column")
+            repair = (f"SELECT cache_private.attach_source({_literal(cache.name)}, {_literal(table)}, "
+                      f"{_literal(column) if column else 'NULL'});")
+            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+                problems.append(f"source table {table} of cache {cache.name} does not exist")
+                fixes.append("restore the table, or: python -m cachelib cache remove " + cache.name)
+                continue
+            tables.append(table)
+            present = dict(conn.execute(
+                """SELECT tgname, tgenabled FROM pg_trigger
+                   WHERE tgrelid = %s::regclass AND NOT tgisinternal""", (table,)).fetchall())
+            for suffix in ("ins", "upd", "del", "truncate") if column else ("ins", "truncate"):
+                trigger = f"invalidate_{cache.name}_{suffix}"
+                enabled = present.get(trigger)
+                if enabled is None:
+                    problems.append(f"{trigger} is missing on {table}")
+                    fixes.append(repair)
+                elif enabled in ("D", "R"):
+                    problems.append(f"{trigger} is disabled on {table}" if enabled == "D"
+                                    else f"{trigger} on {table} fires only on replicas (ENABLE REPLICA)")
+                    fixes.append(f"ALTER TABLE {table} ENABLE TRIGGER {trigger};")
+                else:
+                    good += 1
     if problems:
         return Check(name, group, "fail", "; ".join(problems) + " — writes there leave stale cache entries",
-                     " ".join(fixes))
-    return Check(name, group, "pass", f"{good} triggers present and enabled on "
-                 f"{', '.join('public.' + t for t in SOURCE_TABLES)}")
+                     " ".join(dict.fromkeys(fixes)))
+    return Check(name, group, "pass", f"{good} triggers present and enabled on {', '.join(sorted(set(tables)))}")
 
 
 def _rls_check(conn) -> Check:
@@ -415,8 +420,9 @@ def _rls_check(conn) -> Check:
 def _function_oids(conn) -> dict[str, tuple[int, str]]:
     """name -> (oid, public.name(argtypes)) for the public functions that exist."""
     found = {}
-    for function, args in ALL_FUNCTIONS.items():
-        signature = f"public.{function}({args})"
+    signatures = {**{function: f"public.{function}({args})" for function, args in ALL_FUNCTIONS.items()},
+                  **registered_wrappers(conn)}
+    for function, signature in signatures.items():
         oid = conn.execute("SELECT to_regprocedure(%s)::oid", (signature,)).fetchone()[0]
         if oid is not None:
             found[function] = (oid, signature)
@@ -436,8 +442,10 @@ def _grants_checks(conn) -> list[Check]:
                                 f"CREATE ROLE {role} NOLOGIN; then re-run the grants of "
                                 "sql/migrations/0009_security.sql"))
             continue
-        allowed = set(ALL_FUNCTIONS) if role in ("cache_admin", "service_role") else (
-            set(READ_FUNCTIONS) if role == "authenticated" else set())
+        # A registered cache's wrapper is a read function like the guide's cached functions.
+        readable = set(READ_FUNCTIONS) | (set(functions) - set(ALL_FUNCTIONS))
+        allowed = readable | set(ADMIN_FUNCTIONS) if role in ("cache_admin", "service_role") else (
+            readable if role == "authenticated" else set())
         problems, fixes = [], []
         for function, (oid, signature) in functions.items():
             has = conn.execute("SELECT has_function_privilege(%s, %s::oid, 'EXECUTE')", (role, oid)).fetchone()[0]
@@ -446,7 +454,7 @@ def _grants_checks(conn) -> list[Check]:
                 problems.append(f"{role} can EXECUTE {signature} ({kind})")
                 fixes.append(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC, {role};")
             elif not has and function in allowed:
-                kind = "a read function" if function in READ_FUNCTIONS else "a maintenance function"
+                kind = "a maintenance function" if function in ADMIN_FUNCTIONS else "a read function"
                 problems.append(f"{role} cannot EXECUTE {signature} ({kind}, documented as granted to {role})")
                 fixes.append(f"GRANT EXECUTE ON FUNCTION {signature} TO {role};")
         if conn.execute("SELECT has_schema_privilege(%s, 'cache_private', 'USAGE')", (role,)).fetchone()[0]:
@@ -468,9 +476,9 @@ def _grants_checks(conn) -> list[Check]:
             checks.append(Check(name, group, "fail", "; ".join(problems), " ".join(fixes)))
         else:
             what = {"anon": "no function, table or schema rights",
-                    "authenticated": f"EXECUTE on the {len(READ_FUNCTIONS)} read functions only",
-                    "cache_admin": f"EXECUTE on all {len(ALL_FUNCTIONS)} functions, SELECT on the cache tables",
-                    "service_role": f"EXECUTE on all {len(ALL_FUNCTIONS)} functions, no table rights"}[role]
+                    "authenticated": f"EXECUTE on the {len(readable)} read functions only",
+                    "cache_admin": f"EXECUTE on all {len(functions)} functions, SELECT on the cache tables",
+                    "service_role": f"EXECUTE on all {len(functions)} functions, no table rights"}[role]
             checks.append(Check(name, group, "pass", f"as documented: {what}"))
     return checks
 
@@ -509,12 +517,6 @@ def _search_path_check(conn) -> Check:
 # --- operations ------------------------------------------------------------------------
 
 
-CACHED_CALLS = {
-    "expert_sessions": "SELECT public.get_expert_sessions_with_stats_cached(NULL::bigint, %s::interval)",
-    "product_performance": "SELECT public.get_product_performance_cached(NULL::bigint, %s::interval)",
-}
-
-
 @contextmanager
 def _rolled_back(conn) -> Iterator[None]:
     """A transaction of its own (``conn`` is in autocommit) that is always rolled back: what the
@@ -529,9 +531,17 @@ def _operations_checks(run: _Run, conn, url: str, config: Settings, allow_writes
     # The cached calls and the health analysis each run in a transaction that is rolled back: their
     # entries, hit/miss events and the roll-up into the hourly statistics leave no trace (verify must
     # not change what it measures).
-    for cache in CACHED_CALLS:
-        run.guarded(group, f"cached call: {cache}", lambda cache=cache: _cached_call_check(conn, cache, config),
-                    fix="python -m cachelib maintenance health; check the function's grants and the server log")
+    try:
+        caches = [cache for cache in catalog.read(conn) if cache.callable]
+    except psycopg.Error as exc:
+        run.add(Check("cached calls", group, "fail", f"the cache catalog cannot be read: {exc}".strip(),
+                      "python -m cachelib migrate"))
+        caches = []
+    for cache in caches:
+        # The guide's caches must answer; a registered function may refuse NULL (all) by design.
+        run.guarded(group, f"cached call: {cache.name}", lambda cache=cache: _cached_call_check(conn, cache, config),
+                    fix="python -m cachelib maintenance health; check the function's grants and the server log",
+                    required=cache.builtin)
     run.guarded(group, "health analysis", lambda: _health_check(conn),
                 fix="the error above names the cause; python -m cachelib migrate if a function is missing")
     if allow_writes:
@@ -541,25 +551,27 @@ def _operations_checks(run: _Run, conn, url: str, config: Settings, allow_writes
     run.guarded(group, "scheduled cleanup", lambda: _schedule_checks(conn, url, config))
 
 
-def _cached_call_check(conn, cache: str, config: Settings) -> Check:
-    name, group = f"cached call: {cache}", "operations"
-    duration = f"{config.duration_for(cache).seconds} seconds"
-    key = f"{cache}:all"
+def _cached_call_check(conn, cache: catalog.Cache, config: Settings) -> Check:
+    name, group = f"cached call: {cache.name}", "operations"
+    duration = f"{catalog.duration_in_effect(cache, config)[0].seconds} seconds"
+    key = f"{cache.name}:all"
+    (sql, params), _direct = calls(cache, None, duration)
     with _rolled_back(conn):
-        first = conn.execute(CACHED_CALLS[cache], (duration,)).fetchone()[0]
-        second = conn.execute(CACHED_CALLS[cache], (duration,)).fetchone()[0]
+        first = conn.execute(sql, params).fetchone()[0]
+        second = conn.execute(sql, params).fetchone()[0]
         # The events this transaction wrote: the second call must have been a hit.
         kinds = dict(conn.execute(
             """SELECT kind, count(*) FROM cache_private.cache_events
                WHERE cache_key = %s AND xmin = pg_current_xact_id()::xid GROUP BY kind""", (key,)).fetchall())
     if first is None or second != first:
         return Check(name, group, "fail", f"two calls with key {key} returned different data",
-                     "python -m cachelib maintenance invalidate --cache " + cache)
+                     "python -m cachelib maintenance invalidate --cache " + cache.name)
     if kinds.get("hit", 0) < 1:
         return Check(name, group, "fail", f"the second call of {key} was not a hit ({kinds or 'no events'})",
                      "check that query_cache accepts writes and cache durations are not zero; "
                      "python -m cachelib maintenance health")
-    rows = len(first) if isinstance(first, list) else 1
+    data = json.loads(first)  # the call returns the jsonb as text
+    rows = len(data) if isinstance(data, list) else 1
     first_kind = "miss" if kinds.get("miss") else "hit"
     return Check(name, group, "pass",
                  f"{rows} rows; first call a {first_kind}, second call a hit (duration {duration})")

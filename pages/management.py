@@ -1,20 +1,17 @@
-"""Cache Management: durations and where they come from, caching on/off, invalidate and prewarm."""
+"""Cache Management: the caches and their durations (and where they come from), caching on/off,
+invalidate and prewarm, and for admins: register a function as a cache, change a duration, remove a cache."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from cachelib import ui
+from cachelib import catalog, ui
 from cachelib.config import SETTINGS, settings
 
 ui.require_login()
 ui.page_header("Cache Management", "What the cache is configured to do, and the controls to steer it.")
 
-DURATION_SETTINGS = {
-    "expert_sessions": "CACHE_EXPERT_SESSIONS_DURATION",
-    "product_performance": "CACHE_ANALYTICS_DURATION",
-}
 MEANINGS = {s.name: s.meaning for s in SETTINGS}
 
 
@@ -42,16 +39,15 @@ def configuration() -> None:
                    f"{source_label('CACHE_ENABLED')}.  \n{MEANINGS['CACHE_ENABLED']}  \n"
                    "Change it in the environment of the application and the dashboard, then restart them.")
 
-    st.subheader("Cache durations in effect")
-    rows = []
-    for cache, variable in DURATION_SETTINGS.items():
-        duration = config.duration_for(cache)
-        rows.append({"Cache": ui.cache_label(cache), "Setting": variable, "Duration": str(duration),
-                     "Seconds": duration.seconds, "Source": source_label(variable), "Meaning": MEANINGS[variable]})
-    rows.append({"Cache": "any other cached function", "Setting": "CACHE_DEFAULT_DURATION",
-                 "Duration": str(config.default_duration), "Seconds": config.default_duration.seconds,
-                 "Source": source_label("CACHE_DEFAULT_DURATION"), "Meaning": MEANINGS["CACHE_DEFAULT_DURATION"]})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.subheader("Caches and their durations")
+    listing = ui.read("cache_catalog")
+    st.dataframe(pd.DataFrame([{
+        "Cache": row["label"], "Name": row["cache"], "Duration": row["duration"], "Comes from": row["duration_source"],
+        "Function": row["function"] or "(wired by hand)", "Sources": catalog.sources_text(row["sources"]),
+        "Description": row["description"]} for row in listing]), hide_index=True, width="stretch")
+    st.caption(f"Caches without a duration of their own use CACHE_DEFAULT_DURATION = {config.default_duration} "
+               f"({source_label('CACHE_DEFAULT_DURATION')}). An admin's duration (below) wins over the environment "
+               "and over the duration any caller asks for.")
 
     st.subheader("Targets in effect")
     targets = config.targets
@@ -76,7 +72,7 @@ def cache_state() -> None:
         "Cache": overview["cache_name"].map(ui.cache_label),
         "Entries": overview["entries"], "Live": overview["live_entries"], "Expired": overview["expired_entries"],
         "Size": overview["total_bytes"].map(ui.fmt_bytes),
-        "Duration": overview["cache_name"].map(lambda c: str(settings().duration_for(c))),
+        "Duration": overview["cache_name"].map({row["cache"]: row["duration"] for row in ui.read("cache_catalog")}),
     }), hide_index=True, width="stretch")
 
 
@@ -120,8 +116,71 @@ def controls(cache_names: list[str]) -> None:
         st.caption("Caching is off, so prewarming fills nothing until CACHE_ENABLED is true again.")
 
 
+def catalog_controls(listing: list[dict]) -> None:
+    st.subheader("Caches: add, re-time, remove")
+    if not ui.is_admin():
+        st.info("Only administrators can register caches or change their durations.", icon=":material/lock:")
+        return
+    register, retime, remove = st.columns(3)
+    with register:
+        register_form(ui.read("cacheable_functions"))
+    with retime:
+        st.markdown("**Change a duration**")
+        names = [row["cache"] for row in listing]
+        cache = st.selectbox("Cache to re-time", names, key="duration_cache", format_func=ui.cache_label)
+        current = next((row for row in listing if row["cache"] == cache), None)
+        if current:
+            st.caption(f"Now {current['duration']} ({current['duration_source']}).")
+        duration = st.text_input("New duration", key="duration_value", max_chars=20,
+                                 placeholder="e.g. 30m, 1h30m, or default").strip()
+        if st.button("Set duration", key="duration_set", disabled=not names):
+            if not duration:
+                st.error("Enter a duration such as 30m, or default to undo an earlier change.")
+            else:
+                ui.run_action(f"Set the duration of {ui.cache_label(cache)}",
+                              lambda: ui.act("cache_duration", cache=cache, duration=duration), rerun=True)
+    with remove:
+        st.markdown("**Remove a registered cache**")
+        removable = [row["cache"] for row in listing if not row["builtin"]]
+        if not removable:
+            st.caption("No cache has been registered besides the guide's two, which cannot be removed.")
+            return
+        target = st.selectbox("Cache to remove", removable, key="remove_cache_name", format_func=ui.cache_label)
+        with ui.guard("what removing the cache would lose"):
+            st.caption(impact_text(ui.read("clear_impact", cache=target), f"Removing {ui.cache_label(target)}")
+                       + " Its wrapper, triggers and statistics are dropped too.")
+        sure = st.checkbox(f"Yes, remove {target}", key="remove_confirm")
+        if st.button("Remove cache", key="remove_cache", type="primary", disabled=not sure):
+            ui.run_action(f"Remove {ui.cache_label(target)}", lambda: ui.act("cache_remove", cache=target),
+                          rerun=True)
+
+
+def register_form(functions: list[dict]) -> None:
+    st.markdown("**Register a function as a cache**")
+    if not functions:
+        st.caption("No function can be registered as it is. A function can when it returns jsonb, takes at most one "
+                   "argument (smallint, integer, bigint or uuid), is STABLE, is owned by the cache's owner and sets "
+                   "its own search_path. See README, \"Adding a cached function\".")
+        return
+    choice = st.selectbox("Function", functions, key="register_function", format_func=lambda f: f["function"])
+    sources = st.text_input("Source tables (TABLE or TABLE:KEY_COLUMN, comma-separated)",
+                            value=", ".join(choice["suggested_sources"]), key=f"register_sources_{choice['function']}",
+                            help="Each table the function reads. With :COLUMN (the column holding the function's "
+                                 "argument) a changed row invalidates only its key; without, the whole cache.")
+    if choice["suggested_sources"]:
+        st.caption("Suggested from the argument's name: check that these are the tables it reads.")
+    duration = st.text_input("Duration", key="register_duration", max_chars=20,
+                             placeholder=f"default {settings().default_duration}").strip()
+    if st.button("Register cache", key="register_cache"):
+        ui.run_action(f"Register {choice['function']}",
+                      lambda: ui.act("cache_add", function=choice["function"], source=sources,
+                                     duration=duration or None), rerun=True)
+
+
 with ui.guard("the configuration"):
     configuration()
 ui.live(cache_state)
 with ui.guard("the controls"):
     controls(ui.read("cache_names"))
+with ui.guard("the catalog controls"):
+    catalog_controls(ui.read("cache_catalog"))

@@ -106,18 +106,23 @@ def test_maintenance_commands_for_cron(db_url):
     assert run_cli("maintenance", "prewarm", env=env).returncode == 2  # --cache is required: a usage error
 
 
-def test_the_maintenance_commands_are_the_registrys():
-    """One command per registry action that has one, with the registry's options and summary."""
+@pytest.mark.parametrize("group_name", ["maintenance", "cache"])
+def test_the_action_commands_are_the_registrys(group_name):
+    """One command per registry action of the group, with the registry's parameters and summary
+    (``cache list`` is the one read-only command of its own)."""
     from cachelib.actions import REGISTRY
 
-    group = cli.commands["maintenance"]
-    expected = {a.command: a for a in REGISTRY.values() if a.command}
-    assert set(group.commands) == set(expected)
+    group = cli.commands[group_name]
+    expected = {a.command: a for a in REGISTRY.values() if a.command and a.group == group_name}
+    assert set(group.commands) - {"list"} == set(expected)
     for name, action in expected.items():
         command = group.commands[name]
-        options = {p.name for p in command.params} - {"as_json"}
-        assert options == {p.name for p in action.parameters}, name
-        assert command.help == action.summary
+        params = {p.name: p for p in command.params if p.name != "as_json"}
+        assert set(params) == {p.name for p in action.parameters}, name
+        for parameter in action.parameters:
+            assert isinstance(params[parameter.name], click.Argument) == parameter.argument, parameter.name
+            assert getattr(params[parameter.name], "multiple", False) == parameter.multiple, parameter.name
+        assert command.help.startswith(action.summary)
 
 
 def test_demo_load_fills_an_empty_database_once(pg18):

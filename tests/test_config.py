@@ -43,9 +43,11 @@ def test_defaults_are_the_guides():
     assert (settings.targets.week1_sessions, settings.targets.week1_analytics) == (50, 70)
     assert (settings.targets.month1_sessions, settings.targets.month1_analytics) == (70, 85)
     assert settings.targets.load_reduction == 40
-    assert settings.duration_for("expert_sessions").text == "5m"
-    assert settings.duration_for("product_performance").text == "15m"
-    assert settings.duration_for("anything_else").text == "10m"
+    assert settings.duration_from("CACHE_EXPERT_SESSIONS_DURATION").text == "5m"
+    assert settings.duration_from("CACHE_ANALYTICS_DURATION").text == "15m"
+    assert settings.duration_from("CACHE_DEFAULT_DURATION").text == "10m"
+    with pytest.raises(ConfigError, match="not a duration setting"):
+        settings.duration_from("CACHE_LOCK_TIMEOUT")
     assert all(source == "default" for source in settings.sources.values())
 
 

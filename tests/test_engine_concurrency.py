@@ -2,9 +2,10 @@
 stampede, and maintenance running alongside readers and writers.
 
 Besides the demo's cached functions, the tests use a test-only cache created in
-their own database: ``public.cc_count_cached(grp)`` caches the number of rows of
-``public.cc_items`` in group ``grp`` through ``cache_private.get_or_compute``, with
-the invalidation trigger of ``cache_private.attach_invalidation``. Its computation
+their own database and registered through the catalog like any cache an admin adds
+(``cache_private.register_cache``): ``public.cc_count_cached(grp)`` caches the number
+of rows of ``public.cc_items`` in group ``grp``, with the generated wrapper and
+invalidation triggers. So every promise below is proved for a generated cache. Its computation
 logs every run in ``public.cc_compute_log`` and can be held at a "gate" (an advisory
 lock the test holds) after it has taken its snapshot, so "a slow computation that
 started before a commit and stores after it" is produced deterministically, not by
@@ -33,34 +34,31 @@ _groups = itertools.count(1000)
 SETUP = """
 CREATE TABLE public.cc_items (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, grp bigint NOT NULL);
 CREATE TABLE public.cc_compute_log (grp bigint NOT NULL, n bigint NOT NULL, pid integer NOT NULL);
-INSERT INTO cache_private.caches VALUES ('cc_test', 'CC_TEST_DURATION', 'test-only cache of the concurrency tests');
 
-CREATE FUNCTION public.cc_count_direct(p_grp bigint, p_gate bigint, p_sleep_ms integer) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $$
+-- The gate and the pause come from session settings the test sets before each call: the
+-- key is the group alone, as for any registered cache.
+CREATE FUNCTION public.cc_count(p_grp bigint) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = public, pg_temp AS $$
 DECLARE
   v_n bigint;
+  v_gate bigint := NULLIF(current_setting('cc.gate', true), '')::bigint;
+  v_sleep_ms integer := COALESCE(NULLIF(current_setting('cc.sleep_ms', true), '')::integer, 0);
 BEGIN
   SELECT count(*) INTO v_n FROM public.cc_items WHERE grp = p_grp;  -- the result is as old as this snapshot
   INSERT INTO public.cc_compute_log VALUES (p_grp, v_n, pg_backend_pid());
-  IF p_gate IS NOT NULL THEN
-    PERFORM pg_advisory_xact_lock_shared(p_gate);  -- held here while the test holds the gate
+  IF v_gate IS NOT NULL THEN
+    PERFORM pg_advisory_xact_lock_shared(v_gate);  -- held here while the test holds the gate
   END IF;
-  IF p_sleep_ms > 0 THEN
-    PERFORM pg_sleep(p_sleep_ms / 1000.0);
+  IF v_sleep_ms > 0 THEN
+    PERFORM pg_sleep(v_sleep_ms / 1000.0);
   END IF;
   RETURN jsonb_build_object('grp', p_grp, 'n', v_n);
 END
 $$;
 
-CREATE FUNCTION public.cc_count_cached(
-  p_grp bigint, p_gate bigint DEFAULT NULL, p_sleep_ms integer DEFAULT 0,
-  p_cache_duration interval DEFAULT interval '1 hour') RETURNS jsonb
-LANGUAGE sql VOLATILE AS $$
-  SELECT cache_private.get_or_compute('cc_test', 'cc_test:' || p_grp, p_cache_duration,
-    format('SELECT public.cc_count_direct(%L::bigint, %L::bigint, %L::integer)', p_grp, p_gate, p_sleep_ms))
-$$;
-
-SELECT cache_private.attach_invalidation('public.cc_items', 'cc_test', 'grp');
+-- Registered like any cache an admin adds: the catalog writes public.cc_count_cached and its triggers.
+SELECT cache_private.register_cache('public.cc_count(bigint)', ARRAY['public.cc_items:grp'], '1 hour',
+                                    'cc_test', 'test-only cache of the concurrency tests');
 """
 
 
@@ -132,7 +130,9 @@ class Worker(threading.Thread):
 
 
 def cc_call(conn, grp, gate=None, sleep_ms=0, duration="1 hour"):
-    return val(conn, "SELECT public.cc_count_cached(%s, %s, %s, %s::interval)", [grp, gate, sleep_ms, duration])["n"]
+    conn.execute("SELECT set_config('cc.gate', %s, false), set_config('cc.sleep_ms', %s, false)",
+                 ["" if gate is None else str(gate), str(sleep_ms)])
+    return val(conn, "SELECT public.cc_count_cached(%s, %s::interval)", [grp, duration])["n"]
 
 
 def add_item(conn, grp):

@@ -145,6 +145,14 @@ def test_nobody_writes_the_cache_tables_directly(su, role, sql):
     "SELECT * FROM cache_private.health_history",
     "SELECT cache_private.compact_history()",
     "SELECT * FROM cache_private.record_health('cleanup')",
+    # the catalog of caches (0017): only the owner registers, removes or re-times a cache
+    "SELECT * FROM cache_private.cache_sources",
+    "SELECT cache_private.register_cache('public.get_product_performance', ARRAY['public.orders'], '1 hour', 'x')",
+    "SELECT cache_private.unregister_cache('expert_sessions')",
+    "SELECT cache_private.set_cache_duration('expert_sessions', '1 second')",
+    "SELECT cache_private.write_wrapper('expert_sessions')",
+    "SELECT cache_private.attach_source('expert_sessions', 'public.orders', NULL)",
+    "SELECT cache_private.detach_source('expert_sessions', 'public.experts')",
 ])
 def test_nobody_but_the_owner_uses_cache_private(su, role, sql):
     assert attempt(su, role, sql) == "42501"
