@@ -293,6 +293,7 @@ def _database_checks(run: _Run, conn, url: str, config: Settings) -> None:
     group = "database"
     run.guarded(group, "migrations", lambda: _migrations_check(conn, url))
     run.guarded(group, "cache functions", lambda: _routines_check(conn))
+    run.guarded(group, "cache catalog", lambda: _catalog_check(conn))
     run.guarded(group, "invalidation triggers", lambda: _triggers_check(conn))
     run.guarded(group, "row-level security", lambda: _rls_check(conn))
     run.guarded(group, "grants", lambda: _grants_checks(conn))
@@ -356,6 +357,29 @@ def _routines_check(conn) -> Check:
                      f"{len(expected)}{also}: " + "; ".join(problems), "; ".join(fixes) or None)
     return Check(name, group, "pass",
                  f"the guide's Step 1 query lists exactly {len(rows)} functions{also}, as expected")
+
+
+def _catalog_check(conn) -> Check:
+    """Every registered cache's function and generated wrapper exist (a dropped function is not noticed
+    by PostgreSQL: the wrapper calls it by name)."""
+    name, group = "cache catalog", "database"
+    caches = catalog.read(conn)
+    problems, fixes = [], []
+    for cache in caches:
+        if cache.function is None:
+            continue  # wired by hand: the other checks look at it
+        exists = conn.execute("SELECT to_regprocedure(%s) IS NOT NULL, to_regprocedure(%s) IS NOT NULL",
+                              (cache.function, cache.wrapper)).fetchone()
+        if not exists[0]:
+            problems.append(f"cache {cache.name}: its function {cache.function} does not exist")
+            fixes.append(f"re-create {cache.function}, or: python -m cachelib cache remove {cache.name}")
+        elif not exists[1]:
+            problems.append(f"cache {cache.name}: its wrapper {cache.wrapper or '(none)'} does not exist")
+            fixes.append(f"SELECT cache_private.write_wrapper({_literal(cache.name)});")
+    if problems:
+        return Check(name, group, "fail", "; ".join(problems), " ".join(fixes))
+    return Check(name, group, "pass", f"{len(caches)} caches: " + ", ".join(
+        f"{c.name} ({c.wrapper_name or 'wired by hand'})" for c in caches))
 
 
 def _literal(text: str) -> str:

@@ -52,15 +52,19 @@ CREATE FUNCTION public.two_args(a bigint, b bigint) RETURNS jsonb LANGUAGE sql
 CREATE FUNCTION public.text_key(p text) RETURNS jsonb LANGUAGE sql
   SET search_path = public AS $$ SELECT '[]'::jsonb $$;
 CREATE FUNCTION public.no_path(p bigint) RETURNS jsonb LANGUAGE sql AS $$ SELECT '[]'::jsonb $$;
-CREATE FUNCTION public.taken(p bigint) RETURNS jsonb LANGUAGE sql
+CREATE FUNCTION public.temp_first(p bigint) RETURNS jsonb LANGUAGE sql
   SET search_path = public AS $$ SELECT '[]'::jsonb $$;
+CREATE FUNCTION public.temp_middle(p bigint) RETURNS jsonb LANGUAGE sql
+  SET search_path = pg_temp, public AS $$ SELECT '[]'::jsonb $$;
+CREATE FUNCTION public.taken(p bigint) RETURNS jsonb LANGUAGE sql
+  SET search_path = public, pg_temp AS $$ SELECT '[]'::jsonb $$;
 CREATE FUNCTION public.taken_cached(p bigint) RETURNS jsonb LANGUAGE sql
   SET search_path = public AS $$ SELECT '[]'::jsonb $$;
 -- Cacheable, never registered: the source checks are tried on these
 CREATE FUNCTION public.key_probe(p bigint) RETURNS jsonb LANGUAGE sql
-  SET search_path = public AS $$ SELECT '[]'::jsonb $$;
+  SET search_path = public, pg_temp AS $$ SELECT '[]'::jsonb $$;
 CREATE FUNCTION public.zero_probe() RETURNS jsonb LANGUAGE sql
-  SET search_path = public AS $$ SELECT '[]'::jsonb $$;
+  SET search_path = public, pg_temp AS $$ SELECT '[]'::jsonb $$;
 """
 
 
@@ -180,7 +184,9 @@ def test_a_source_without_a_key_column_invalidates_the_whole_cache(owner):
     ("public.a_set", ["public.orders"], "returns a set"),
     ("public.two_args", ["public.orders"], "takes 2 arguments"),
     ("public.text_key", ["public.orders"], "must be smallint, integer, bigint or uuid"),
-    ("public.no_path", ["public.orders"], "has no search_path of its own"),
+    ("public.no_path", ["public.orders"], "must set its own search_path with pg_temp last"),
+    ("public.temp_first", ["public.orders"], "must set its own search_path with pg_temp last"),
+    ("public.temp_middle", ["public.orders"], "must set its own search_path with pg_temp last"),
     ("pg_catalog.now", ["public.orders"], "is not a function of the application"),
     ("public.get_expert_sessions_with_stats", ["public.orders"], "is cached already (cache expert_sessions)"),
     ("public.taken", ["public.orders"], "a function public.taken_cached exists already"),
@@ -263,6 +269,7 @@ def test_removing_drops_the_wrapper_triggers_entries_and_statistics(owner):
 def test_signed_in_roles_read_the_catalog_view_but_cannot_change_it(owner, third, pg_url):
     owner.execute("DROP ROLE IF EXISTS cat_eve")
     owner.execute("CREATE ROLE cat_eve LOGIN IN ROLE authenticated")
+    owner.execute(f'GRANT TEMPORARY ON DATABASE "{owner.info.dbname}" TO cat_eve')
     try:
         with psycopg.connect(login_url(pg_url, "cat_eve"), autocommit=True) as eve:
             assert THIRD in {r[0] for r in eve.execute("SELECT cache_name FROM public.cache_catalog")}
@@ -277,6 +284,14 @@ def test_signed_in_roles_read_the_catalog_view_but_cannot_change_it(owner, third
                 with pytest.raises(psycopg.Error) as caught:
                     eve.execute(sql)
                 assert caught.value.sqlstate == "42501", sql
+            # A temporary table named like the function's source must not feed the cache: the function's
+            # search_path names pg_temp last (anything else is refused at registration).
+            eve.execute("CREATE TEMP TABLE expert_sessions (expert_id bigint)")
+            eve.execute("INSERT INTO expert_sessions SELECT 77 FROM generate_series(1, 5000)")
+            served = val(eve, "SELECT public.get_expert_session_counts_cached(77, '1 hour')")
+        truth = val(owner, "SELECT public.get_expert_session_counts(77)")
+        assert served == truth and all(row["sessions"] < 5000 for row in truth)
+        assert val(owner, "SELECT public.get_expert_session_counts_cached(77, '1 hour')") == truth
         owner.execute("SET ROLE anon")
         try:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -285,6 +300,7 @@ def test_signed_in_roles_read_the_catalog_view_but_cannot_change_it(owner, third
             owner.execute("RESET ROLE")
     finally:
         owner.execute("DROP OWNED BY cat_eve")
+        owner.execute(f'REVOKE ALL ON DATABASE "{owner.info.dbname}" FROM cat_eve')
         owner.execute("DROP ROLE cat_eve")
 
 
@@ -364,6 +380,18 @@ def test_verify_expects_it_and_checks_its_triggers_grants_and_call(app_db, regis
         conn.execute(fix)  # the fix it prints repairs it
     checks = {c.name: c for c in verify.run_checks(app_db.url, config=config.Settings.from_env({}))}
     assert checks["invalidation triggers"].status == "pass"
+
+
+def test_verify_names_a_registered_function_that_was_dropped(app_db, registered):
+    with psycopg.connect(app_db.url, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("DROP FUNCTION public.get_expert_session_counts(bigint)")
+        try:
+            check = verify._catalog_check(conn)
+        finally:
+            conn.execute("ROLLBACK")
+    assert check.status == "fail" and f"cache {THIRD}: its function" in check.detail
+    assert f"python -m cachelib cache remove {THIRD}" in check.fix
 
 
 def test_the_listing_says_where_each_duration_comes_from(app_db, registered):

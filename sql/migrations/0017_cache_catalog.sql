@@ -156,11 +156,18 @@ BEGIN
       'caller (ALTER FUNCTION %s OWNER TO %s, after reading it)', v_fn, p.proowner::regrole, v_fn,
       (SELECT n.nspowner::regrole FROM pg_catalog.pg_namespace n WHERE n.nspname = 'cache_private')));
   END IF;
-  SELECT EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c WHERE c LIKE 'search\_path=%') INTO v_search_path;
-  IF NOT v_search_path THEN
+  -- pg_temp must be named, and last: where it is not named, PostgreSQL searches the session's
+  -- temporary schema first for tables, so a caller's temporary table "orders" would be read instead.
+  SELECT pg_catalog.btrim((pg_catalog.regexp_split_to_array(pg_catalog.substr(c, pg_catalog.length('search_path=') + 1),
+                                                            '\s*,\s*'))[pg_catalog.array_length(
+                            pg_catalog.regexp_split_to_array(pg_catalog.substr(c, pg_catalog.length('search_path=') + 1),
+                                                             '\s*,\s*'), 1)], ' "') = 'pg_temp'
+  INTO v_search_path
+  FROM pg_catalog.unnest(p.proconfig) c WHERE c LIKE 'search\_path=%';
+  IF NOT COALESCE(v_search_path, false) THEN
     PERFORM cache_private.refuse(pg_catalog.format(
-      '%s has no search_path of its own: run ALTER FUNCTION %s SET search_path = %I, pg_temp (or pin it as you '
-      'need), so no caller''s session decides which tables it reads', v_fn, v_fn, v_schema));
+      '%s must set its own search_path with pg_temp last: run ALTER FUNCTION %s SET search_path = %I, pg_temp, '
+      'so no caller''s temporary tables are read in place of yours', v_fn, v_fn, v_schema));
   END IF;
   RETURN v_fn;
 END
@@ -228,6 +235,11 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   v_base text := 'invalidate_' || p_cache_name;
 BEGIN
+  IF NOT pg_catalog.has_table_privilege(p_table, 'TRIGGER') THEN
+    PERFORM cache_private.refuse(pg_catalog.format(
+      'the cache''s owner (%s) may not create triggers on %s: GRANT TRIGGER ON %s TO %s, or have its owner '
+      'register the cache', current_user, p_table, p_table, current_user));
+  END IF;
   PERFORM cache_private.detach_source(p_cache_name, p_table);
   IF p_key_column IS NOT NULL THEN
     EXECUTE pg_catalog.format(
