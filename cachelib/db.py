@@ -245,23 +245,38 @@ def get_database(url: str | None = None) -> Database:
         return _databases[url]
 
 
-@contextmanager
-def translated_errors(url: str = "") -> Iterator[None]:
-    """Turn database errors a caller can act on into our own exceptions.
+def set_clock(conn: psycopg.Connection, moment, *, transaction_only: bool = True) -> None:
+    """Move the SQL clock (cache_private.cache_now()) of this session to ``moment`` (None: the real time),
+    for the current transaction or for the session. The one way to move it; only sessions of the cache's
+    owner may (the SQL ignores the setting for anyone else)."""
+    conn.execute("SELECT set_config('cachelib.now', %s, %s)",
+                 ("" if moment is None else moment.isoformat(), transaction_only))
 
-    22023 (invalid parameter value) is what our SQL functions raise for bad
-    input; its message already names the parameter. Connection failures become
-    DatabaseUnavailable. Anything else is a bug or an outage and propagates.
-    """
+
+def translated(exc: psycopg.Error, url: str = "") -> Exception | None:
+    """Our own exception for a database error a caller can act on, or None (a bug or an outage).
+
+    The one place database errors are translated: 22xxx (22023, invalid parameter value, is what our
+    SQL functions raise for bad input; its message already names the parameter) becomes InvalidInput,
+    a connection failure DatabaseUnavailable. translated_errors and the CacheManager both use it."""
     from cachelib.errors import InvalidInput
 
+    state = getattr(exc, "sqlstate", None) or ""
+    if state.startswith("22"):
+        return InvalidInput(exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc))
+    if isinstance(exc, psycopg.OperationalError) and is_connection_failure(exc):
+        return unavailable_error(url, exc)
+    return None
+
+
+@contextmanager
+def translated_errors(url: str = "") -> Iterator[None]:
+    """Raise database errors a caller can act on as our own exceptions (see ``translated``); anything
+    else propagates."""
     try:
         yield
     except psycopg.Error as exc:
-        state = getattr(exc, "sqlstate", None) or ""
-        if state == "22023" or state.startswith("22"):
-            message = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
-            raise InvalidInput(message) from None
-        if isinstance(exc, psycopg.OperationalError) and is_connection_failure(exc):
-            raise unavailable_error(url, exc) from None
+        ours = translated(exc, url)
+        if ours is not None:
+            raise ours from None
         raise

@@ -256,7 +256,7 @@ class _SimulatedClock:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        self._conn.execute("SELECT set_config('cachelib.now', %s, false)", (self.now.isoformat(),))
+        db.set_clock(self._conn, self.now, transaction_only=False)
         yield self._conn
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ import psycopg
 from cachelib import catalog
 from cachelib.catalog import Cache
 from cachelib.config import Settings, settings
-from cachelib.db import Database, get_database, is_connection_failure, unavailable_error
+from cachelib.db import Database, get_database, set_clock, translated, translated_errors
 from cachelib.errors import InvalidInput
 
 log = logging.getLogger("cachelib.manager")
@@ -118,10 +118,9 @@ class CacheManager:
         try:
             text = self._execute(cached_sql, cached_params)
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and is_connection_failure(exc):
-                raise unavailable_error(self.database.url, exc) from None
-            if getattr(exc, "sqlstate", "") == "22023":
-                raise InvalidInput(exc.diag.message_primary or str(exc)) from None
+            ours = translated(exc, self.database.url)  # bad input, or no database: a fallback cannot help
+            if ours is not None:
+                raise ours from None
             return self._fall_back(cache, direct, _reason(exc))
         try:
             data = orjson.loads(text) if text is not None else None
@@ -154,8 +153,9 @@ class CacheManager:
             # The cache's bookkeeping may be what is broken; the in-process count still has it.
             log.warning("could not record the fallback in the database: %s", _reason(exc))
 
-    def _run(self, sql: str, params: tuple) -> list[dict]:
-        text = self._execute(sql, params)
+    def _run(self, sql: str, params: tuple) -> Any:
+        with translated_errors(self.database.url):
+            text = self._execute(sql, params)
         return orjson.loads(text) if text is not None else []
 
     def _execute(self, sql: str, params: tuple):
@@ -163,7 +163,7 @@ class CacheManager:
             if self.clock is None:
                 return conn.execute(sql, params).fetchone()[0]
             with conn.transaction():
-                conn.execute("SELECT set_config('cachelib.now', %s, true)", (self.clock().isoformat(),))
+                set_clock(conn, self.clock())
                 return conn.execute(sql, params).fetchone()[0]
 
 

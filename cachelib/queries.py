@@ -248,8 +248,14 @@ def load_reduction(totals: pd.DataFrame) -> float | None:
     query time the cache avoided. None when nothing was computed or saved."""
     if totals.empty:
         return None
-    saved, spent = float(totals.compute_ms_saved.sum()), float(totals.compute_ms_spent.sum())
-    return round(100.0 * saved / (saved + spent), 2) if saved + spent > 0 else None
+    return reduction(float(totals.compute_ms_saved.sum()), float(totals.compute_ms_spent.sum()))
+
+
+def reduction(saved_ms: float, spent_ms: float) -> float | None:
+    """The load-reduction rule (%): query time the cache avoided as a share of the time the direct query
+    would have taken; None when nothing was computed or saved. (SQL's window_stats writes the same.)"""
+    total = float(saved_ms) + float(spent_ms)
+    return round(100.0 * float(saved_ms) / total, 2) if total > 0 else None
 
 
 def _judge(target: Target, value: float | None, as_of: datetime, start: datetime,

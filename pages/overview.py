@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from cachelib import charts, ui
+from cachelib import charts, queries, ui
 from cachelib.config import settings
 
 ui.require_login()
@@ -20,8 +20,7 @@ def kpis() -> None:
     health = ui.read("health")
     load = ui.numeric(ui.read("load_reduction_series", days=30, bucket="day"), "compute_ms_spent",
                       "compute_ms_saved")
-    saved, spent = load["compute_ms_saved"].sum(), load["compute_ms_spent"].sum()
-    reduction = 100.0 * saved / (saved + spent) if saved + spent > 0 else None
+    reduction = queries.load_reduction(load)
     last_cleanup = overview["last_cleanup_at"].dropna().max() if not overview.empty else None
     status = ui.worst_status(health)
 

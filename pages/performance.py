@@ -149,8 +149,9 @@ def load_series() -> tuple[pd.DataFrame, str | None]:
         load = load[load["calls"] > 0].merge(buckets, on="start") if not load.empty else load
     if load.empty:
         return load, note
-    total = load["compute_ms_spent"] + load["compute_ms_saved"]
-    return load.assign(load_reduction=(100.0 * load["compute_ms_saved"] / total.where(total > 0)).round(2)), note
+    shares = [queries.reduction(saved, spent) for saved, spent in zip(load["compute_ms_saved"],
+                                                                      load["compute_ms_spent"], strict=True)]
+    return load.assign(load_reduction=pd.to_numeric(pd.Series(shares, index=load.index), errors="coerce")), note
 
 
 def finish(figure: go.Figure, title: str, events: pd.DataFrame, height: int, legend: bool = True) -> str:
@@ -277,8 +278,9 @@ def load_chart(load: pd.DataFrame, note: str | None, events: pd.DataFrame) -> No
                          legend=False)
     charts.show(figure, key="chart_load", filename=charts.filename("load-reduction", range_start, range_end))
     saved, spent = load["compute_ms_saved"].sum(), load["compute_ms_spent"].sum()
+    share = queries.reduction(saved, spent)
     summary = (f"Over {period}: {ui.fmt_ms(saved)} of query time avoided, {ui.fmt_ms(spent)} spent "
-               f"({100 * saved / (saved + spent):.1f}% reduction). ") if saved + spent > 0 else ""
+               f"({share:.1f}% reduction). ") if share is not None else ""
     target_note = "" if all_chosen else "The target applies to all caches together. "
     st.caption(summary + "Share of direct-query time that hits avoided, per bucket; dashed: the Month 1 target. "
                + target_note + (note if note else "") + events_note)
