@@ -92,9 +92,9 @@ def db_status():
     """Say whether the database is reachable (embedded or DATABASE_URL)."""
     settings = config.settings()
     if settings.database_url:
-        with db.connect(settings.database_url) as conn:
+        with db.connect(settings.secret("database_url")) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
-        click.echo(f"DATABASE_URL {db.describe_url(settings.database_url)}: reachable, PostgreSQL {version}")
+        click.echo(f"DATABASE_URL {db.describe_url(settings.secret('database_url'))}: reachable, PostgreSQL {version}")
         return
     status = db.embedded_status(settings.data_dir)
     state = "running" if status.running else ("stopped" if status.initialized else "not initialized")
@@ -183,7 +183,7 @@ def setup_cmd(demo: bool | None):
     created = auth.ensure_credentials(settings)
     if created:
         click.secho("Dashboard logins (shown once; stored hashed in " f"{settings.auth_file}):", bold=True)
-        given = {"admin": settings.admin_password, "viewer": settings.viewer_password}
+        given = {"admin": settings.secret("admin_password"), "viewer": settings.secret("viewer_password")}
         for user, password in created:
             # A password the operator chose is theirs already; only generated ones are shown.
             shown = f"(as set in DASHBOARD_{user.upper()}_PASSWORD)" if given.get(user) == password else password

@@ -77,7 +77,7 @@ def ensure_credentials(config: Settings | None = None) -> list[tuple[str, str]]:
     created: list[tuple[str, str]] = []
     users: dict[str, dict[str, Any]] = {}
     for username, name, role, attribute in USERS:
-        password = getattr(config, attribute, None) or secrets.token_urlsafe(12)
+        password = config.secret(attribute) or secrets.token_urlsafe(12)
         created.append((username, password))
         users[username] = {"name": name, "email": f"{username}@localhost", "password": hash_password(password),
                            "roles": [role]}
@@ -165,7 +165,7 @@ def cookie_key(config: Settings | None = None) -> str:
     """
     config = config or settings()
     if config.cookie_key:
-        return config.cookie_key
+        return config.secret("cookie_key")
     from_secrets = _secrets_cookie_key()
     if from_secrets:
         return from_secrets

@@ -10,10 +10,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from cachelib.errors import ConfigError
 
@@ -112,45 +115,12 @@ class TrustedProxies:
 
 @dataclass(frozen=True)
 class Setting:
+    """One environment variable as the docs and ``python -m cachelib config`` show it."""
+
     name: str
     default: str | None
     meaning: str
 
-
-# The single list of settings. Order is the order shown in docs.
-SETTINGS: tuple[Setting, ...] = (
-    Setting("DATABASE_URL", None, "PostgreSQL 15+ connection URI. Unset: use the embedded server."),
-    Setting("CACHELIB_DATA_DIR", ".data/pg", "Data directory of the embedded PostgreSQL server."),
-    Setting("CACHE_EXPERT_SESSIONS_DURATION", "5m", "How long expert-session statistics stay cached."),
-    Setting("CACHE_ANALYTICS_DURATION", "15m", "How long product analytics stay cached."),
-    Setting("CACHE_DEFAULT_DURATION", "10m",
-            "Duration of a cache registered without one of its own (cache add without --duration)."),
-    Setting("CACHE_ENABLED", "true", "false: every call goes straight to the direct query (the guide's kill switch)."),
-    Setting("CACHE_DEPLOYED_AT", None, "Deployment start (ISO date/time) from which Week 1 and Month 1 count. "
-            "Unset: the time the first migration ran."),
-    Setting("CACHE_TARGET_WEEK1_SESSIONS", "50", "Week 1 target: expert-sessions hit rate above this percentage."),
-    Setting("CACHE_TARGET_WEEK1_ANALYTICS", "70", "Week 1 target: analytics hit rate above this percentage."),
-    Setting("CACHE_TARGET_MONTH1_SESSIONS", "70", "Month 1 target: expert-sessions hit rate above this percentage."),
-    Setting("CACHE_TARGET_MONTH1_ANALYTICS", "85", "Month 1 target: analytics hit rate above this percentage."),
-    Setting("CACHE_TARGET_LOAD_REDUCTION", "40", "Month 1 target: share of query time avoided, at least this %."),
-    Setting("CACHE_CONNECT_TIMEOUT", "5s", "Give up connecting to the database after this long."),
-    Setting("CACHE_STATEMENT_TIMEOUT", "30s", "Cancel any single statement after this long."),
-    Setting("CACHE_LOCK_TIMEOUT", "3s", "Give up waiting for a row or table lock after this long (then fall back)."),
-    Setting("CACHE_POOL_SIZE", "8", "Largest number of pooled database connections per process."),
-    Setting("DASHBOARD_AUTH_FILE", ".data/auth.yaml", "Dashboard credentials (bcrypt hashes); created on first start."),
-    Setting("DASHBOARD_COOKIE_KEY", None, "Secret that signs login cookies. Unset: a random key kept in .data/."),
-    Setting("DASHBOARD_ADMIN_PASSWORD", None, "Password for the 'admin' user when the credentials file is created."),
-    Setting("DASHBOARD_VIEWER_PASSWORD", None, "Password for the 'viewer' user when the credentials file is created."),
-    Setting("DASHBOARD_REFRESH_SECONDS", "10", "Default live-refresh interval of dashboard metrics."),
-    Setting("CACHE_DEMO_TRAFFIC", "auto", "Light live demo traffic from the dashboard's process. auto: only on "
-            "the embedded server holding the demo data; on: also with DATABASE_URL, still only over demo rows; "
-            "off: never."),
-    Setting("PORT", "8501", "Port the dashboard listens on (make run)."),
-    Setting("API_METRICS_REQUIRE_KEY", "false", "true: GET /metrics (Prometheus) needs an API key too."),
-    Setting("TRUSTED_PROXIES", None, "Reverse proxies (IPs/CIDRs, comma-separated) whose X-Forwarded-For names the "
-            "client for the API and the dashboard. Unset: the connecting address is the client."),
-)
-_DEFAULTS = {s.name: s.default for s in SETTINGS}
 
 DEMO_TRAFFIC_MODES = ("auto", "on", "off")
 TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -166,83 +136,6 @@ class Targets:
     month1_sessions: float
     month1_analytics: float
     load_reduction: float
-
-
-@dataclass(frozen=True)
-class Settings:
-    database_url: str | None
-    data_dir: Path
-    expert_sessions_duration: Duration
-    analytics_duration: Duration
-    default_duration: Duration
-    cache_enabled: bool
-    deployed_at: datetime | None
-    targets: Targets
-    connect_timeout: Duration
-    statement_timeout: Duration
-    lock_timeout: Duration
-    pool_size: int
-    auth_file: Path
-    cookie_key: str | None
-    admin_password: str | None = field(repr=False, default=None)
-    viewer_password: str | None = field(repr=False, default=None)
-    refresh_seconds: int = 10
-    demo_traffic: str = "auto"
-    api_metrics_require_key: bool = False
-    trusted_proxies: TrustedProxies = TrustedProxies()
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every setting; raises ConfigError naming the first bad one."""
-        env = os.environ if environ is None else environ
-
-        def raw(name: str) -> str | None:
-            value = env.get(name)
-            if value is None or value.strip() == "":
-                return _DEFAULTS[name]
-            return value.strip()
-
-        sources = {s.name: ("environment" if env.get(s.name, "").strip() else "default") for s in SETTINGS}
-        return cls(
-            database_url=_database_url(raw("DATABASE_URL")),
-            data_dir=_path(raw("CACHELIB_DATA_DIR")),
-            expert_sessions_duration=Duration.parse(raw("CACHE_EXPERT_SESSIONS_DURATION"),
-                                                    setting="CACHE_EXPERT_SESSIONS_DURATION"),
-            analytics_duration=Duration.parse(raw("CACHE_ANALYTICS_DURATION"), setting="CACHE_ANALYTICS_DURATION"),
-            default_duration=Duration.parse(raw("CACHE_DEFAULT_DURATION"), setting="CACHE_DEFAULT_DURATION"),
-            cache_enabled=parse_boolean("CACHE_ENABLED", raw("CACHE_ENABLED")),
-            deployed_at=_timestamp("CACHE_DEPLOYED_AT", raw("CACHE_DEPLOYED_AT")),
-            targets=Targets(
-                week1_sessions=_percent("CACHE_TARGET_WEEK1_SESSIONS", raw("CACHE_TARGET_WEEK1_SESSIONS")),
-                week1_analytics=_percent("CACHE_TARGET_WEEK1_ANALYTICS", raw("CACHE_TARGET_WEEK1_ANALYTICS")),
-                month1_sessions=_percent("CACHE_TARGET_MONTH1_SESSIONS", raw("CACHE_TARGET_MONTH1_SESSIONS")),
-                month1_analytics=_percent("CACHE_TARGET_MONTH1_ANALYTICS", raw("CACHE_TARGET_MONTH1_ANALYTICS")),
-                load_reduction=_percent("CACHE_TARGET_LOAD_REDUCTION", raw("CACHE_TARGET_LOAD_REDUCTION")),
-            ),
-            connect_timeout=Duration.parse(raw("CACHE_CONNECT_TIMEOUT"), setting="CACHE_CONNECT_TIMEOUT"),
-            statement_timeout=Duration.parse(raw("CACHE_STATEMENT_TIMEOUT"), setting="CACHE_STATEMENT_TIMEOUT"),
-            lock_timeout=Duration.parse(raw("CACHE_LOCK_TIMEOUT"), setting="CACHE_LOCK_TIMEOUT"),
-            pool_size=_integer("CACHE_POOL_SIZE", raw("CACHE_POOL_SIZE"), 1, 100),
-            auth_file=_path(raw("DASHBOARD_AUTH_FILE")),
-            cookie_key=raw("DASHBOARD_COOKIE_KEY"),
-            admin_password=raw("DASHBOARD_ADMIN_PASSWORD"),
-            viewer_password=raw("DASHBOARD_VIEWER_PASSWORD"),
-            refresh_seconds=_integer("DASHBOARD_REFRESH_SECONDS", raw("DASHBOARD_REFRESH_SECONDS"), 2, 3600),
-            demo_traffic=_choice("CACHE_DEMO_TRAFFIC", raw("CACHE_DEMO_TRAFFIC"), DEMO_TRAFFIC_MODES),
-            api_metrics_require_key=parse_boolean("API_METRICS_REQUIRE_KEY", raw("API_METRICS_REQUIRE_KEY")),
-            trusted_proxies=TrustedProxies.parse(raw("TRUSTED_PROXIES")),
-            sources=sources,
-        )
-
-    def duration_from(self, setting: str) -> Duration:
-        """The duration a duration setting holds (the catalog says which setting feeds which cache)."""
-        durations = {"CACHE_EXPERT_SESSIONS_DURATION": self.expert_sessions_duration,
-                     "CACHE_ANALYTICS_DURATION": self.analytics_duration,
-                     "CACHE_DEFAULT_DURATION": self.default_duration}
-        if setting not in durations:
-            raise ConfigError(f"{setting} is not a duration setting; known: {', '.join(durations)}")
-        return durations[setting]
 
 
 def _path(text: str) -> Path:
@@ -314,6 +207,134 @@ def _timestamp(name: str, text: str | None) -> datetime | None:
         raise ConfigError(
             f"{name}={text!r} is not an ISO date or date-time, e.g. 2026-11-01 or 2026-11-01T09:00") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def env(name: str, default: str | None, meaning: str, parse: Callable[[str, str | None], Any]) -> Any:
+    """Declare a setting: its variable, its default as written in the environment, what it means, and how
+    its text becomes a value (``parse(name, text)``, raising ConfigError that names the variable)."""
+    return Field(default=default, validation_alias=name, description=meaning, validate_default=True,
+                 json_schema_extra={"env": name, "default_text": default, "parse": parse})
+
+
+def _duration(name: str, text: str) -> Duration:
+    return Duration.parse(text, setting=name)
+
+
+def _text(name: str, text: str | None) -> str | None:
+    return text
+
+
+def _secret(name: str, text: str | None) -> SecretStr | None:
+    return None if text is None else SecretStr(text)
+
+
+def _range(low: int, high: int) -> Callable[[str, str], int]:
+    return lambda name, text: _integer(name, text, low, high)
+
+
+class Settings(BaseModel):
+    """Every setting, declared once: the environment variable, its default, its meaning and its parser.
+
+    Secrets are SecretStr (DATABASE_URL can hold a password): no repr, log line or error shows them;
+    ``.get_secret_value()`` where they are used. Built from the environment (or any mapping) by
+    ``from_env``, which also records whether each value came from the environment or the default."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, populate_by_name=True)
+
+    database_url: SecretStr | None = env("DATABASE_URL", None, "PostgreSQL 15+ connection URI. Unset: use the "
+                                         "embedded server.", lambda n, t: _secret(n, _database_url(t)))
+    data_dir: Path = env("CACHELIB_DATA_DIR", ".data/pg", "Data directory of the embedded PostgreSQL server.",
+                         lambda n, t: _path(t))
+    expert_sessions_duration: Duration = env("CACHE_EXPERT_SESSIONS_DURATION", "5m",
+                                             "How long expert-session statistics stay cached.", _duration)
+    analytics_duration: Duration = env("CACHE_ANALYTICS_DURATION", "15m", "How long product analytics stay cached.",
+                                       _duration)
+    default_duration: Duration = env("CACHE_DEFAULT_DURATION", "10m", "Duration of a cache registered without one "
+                                     "of its own (cache add without --duration).", _duration)
+    cache_enabled: bool = env("CACHE_ENABLED", "true", "false: every call goes straight to the direct query (the "
+                              "guide's kill switch).", parse_boolean)
+    deployed_at: datetime | None = env("CACHE_DEPLOYED_AT", None, "Deployment start (ISO date/time) from which "
+                                       "Week 1 and Month 1 count. Unset: the time the first migration ran.", _timestamp)
+    target_week1_sessions: float = env("CACHE_TARGET_WEEK1_SESSIONS", "50", "Week 1 target: expert-sessions hit "
+                                       "rate above this percentage.", _percent)
+    target_week1_analytics: float = env("CACHE_TARGET_WEEK1_ANALYTICS", "70", "Week 1 target: analytics hit rate "
+                                        "above this percentage.", _percent)
+    target_month1_sessions: float = env("CACHE_TARGET_MONTH1_SESSIONS", "70", "Month 1 target: expert-sessions hit "
+                                        "rate above this percentage.", _percent)
+    target_month1_analytics: float = env("CACHE_TARGET_MONTH1_ANALYTICS", "85", "Month 1 target: analytics hit "
+                                         "rate above this percentage.", _percent)
+    target_load_reduction: float = env("CACHE_TARGET_LOAD_REDUCTION", "40", "Month 1 target: share of query time "
+                                       "avoided, at least this %.", _percent)
+    connect_timeout: Duration = env("CACHE_CONNECT_TIMEOUT", "5s", "Give up connecting to the database after this "
+                                    "long.", _duration)
+    statement_timeout: Duration = env("CACHE_STATEMENT_TIMEOUT", "30s", "Cancel any single statement after this "
+                                      "long.", _duration)
+    lock_timeout: Duration = env("CACHE_LOCK_TIMEOUT", "3s", "Give up waiting for a row or table lock after this "
+                                 "long (then fall back).", _duration)
+    pool_size: int = env("CACHE_POOL_SIZE", "8", "Largest number of pooled database connections per process.",
+                         _range(1, 100))
+    auth_file: Path = env("DASHBOARD_AUTH_FILE", ".data/auth.yaml", "Dashboard credentials (bcrypt hashes); created "
+                          "on first start.", lambda n, t: _path(t))
+    cookie_key: SecretStr | None = env("DASHBOARD_COOKIE_KEY", None, "Secret that signs login cookies. Unset: a "
+                                       "random key kept in .data/.", _secret)
+    admin_password: SecretStr | None = env("DASHBOARD_ADMIN_PASSWORD", None, "Password for the 'admin' user when "
+                                           "the credentials file is created.", _secret)
+    viewer_password: SecretStr | None = env("DASHBOARD_VIEWER_PASSWORD", None, "Password for the 'viewer' user "
+                                            "when the credentials file is created.", _secret)
+    refresh_seconds: int = env("DASHBOARD_REFRESH_SECONDS", "10", "Default live-refresh interval of dashboard "
+                               "metrics.", _range(2, 3600))
+    demo_traffic: str = env("CACHE_DEMO_TRAFFIC", "auto", "Light live demo traffic from the dashboard's process. "
+                            "auto: only on the embedded server holding the demo data; on: also with DATABASE_URL, "
+                            "still only over demo rows; off: never.", lambda n, t: _choice(n, t, DEMO_TRAFFIC_MODES))
+    port: int = env("PORT", "8501", "Port the dashboard listens on (make run).", _range(1, 65535))
+    api_metrics_require_key: bool = env("API_METRICS_REQUIRE_KEY", "false", "true: GET /metrics (Prometheus) "
+                                        "needs an API key too.", parse_boolean)
+    trusted_proxies: TrustedProxies = env("TRUSTED_PROXIES", None, "Reverse proxies (IPs/CIDRs, comma-separated) "
+                                          "whose X-Forwarded-For names the client for the API and the dashboard. "
+                                          "Unset: the connecting address is the client.",
+                                          lambda n, t: TrustedProxies.parse(t, setting=n))
+    sources: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _parse(cls, value: Any, info: ValidationInfo) -> Any:
+        extra = cls.model_fields[info.field_name].json_schema_extra
+        if not extra or not (value is None or isinstance(value, str)):
+            return value  # not a setting (sources), or already a value (a test passing one)
+        return extra["parse"](extra["env"], value)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raises ConfigError naming the first bad one."""
+        environ = os.environ if environ is None else environ
+        given = {s.name: environ[s.name].strip() for s in SETTINGS if (environ.get(s.name) or "").strip()}
+        sources = {s.name: "environment" if s.name in given else "default" for s in SETTINGS}
+        return cls.model_validate({**given, "sources": sources})
+
+    @property
+    def targets(self) -> Targets:
+        return Targets(self.target_week1_sessions, self.target_week1_analytics, self.target_month1_sessions,
+                       self.target_month1_analytics, self.target_load_reduction)
+
+    def secret(self, name: str) -> str | None:
+        """The plain text of a secret setting (database_url, cookie_key, admin_password, viewer_password)."""
+        value = getattr(self, name)
+        return None if value is None else value.get_secret_value()
+
+    def duration_from(self, setting: str) -> Duration:
+        """The duration a duration setting holds (the catalog says which setting feeds which cache)."""
+        durations = {"CACHE_EXPERT_SESSIONS_DURATION": self.expert_sessions_duration,
+                     "CACHE_ANALYTICS_DURATION": self.analytics_duration,
+                     "CACHE_DEFAULT_DURATION": self.default_duration}
+        if setting not in durations:
+            raise ConfigError(f"{setting} is not a duration setting; known: {', '.join(durations)}")
+        return durations[setting]
+
+
+# The single list of settings, in the order the docs show them: read off the declarations above.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.json_schema_extra["env"], f.json_schema_extra["default_text"], f.description)
+    for f in Settings.model_fields.values() if f.json_schema_extra)
 
 
 _cached: Settings | None = None

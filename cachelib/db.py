@@ -119,7 +119,7 @@ def database_url(config: Settings | None = None, *, start: bool = True) -> str:
     """The URI to connect to: DATABASE_URL, or the embedded server (started when needed)."""
     config = config or settings()
     if config.database_url:
-        return config.database_url
+        return config.secret("database_url")
     status = embedded_status(config.data_dir)
     if status.running:
         return status.uri

@@ -107,3 +107,22 @@ def test_trusted_proxies_refuse_nonsense_and_trusting_everyone(value, fragment):
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"TRUSTED_PROXIES": value})
     assert str(err.value).startswith(f"TRUSTED_PROXIES={value!r}") and fragment in str(err.value)
+
+
+def test_secrets_never_show_in_a_repr_or_a_dump():
+    secrets = {"DATABASE_URL": "postgresql://app:db-pass-7731@db.internal:5432/app",
+               "DASHBOARD_COOKIE_KEY": "cookie-key-5519-0123456789", "DASHBOARD_ADMIN_PASSWORD": "admin-pass-4410",
+               "DASHBOARD_VIEWER_PASSWORD": "viewer-pass-8820"}
+    settings = Settings.from_env(secrets)
+    for shown in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.model_dump())):
+        assert not any(marker in shown for marker in ("db-pass-7731", "5519", "4410", "8820")), shown
+    assert settings.secret("database_url") == secrets["DATABASE_URL"]
+    assert settings.secret("admin_password") == "admin-pass-4410"
+    assert Settings.from_env({}).secret("cookie_key") is None
+
+
+def test_each_setting_is_declared_once_and_listed_in_order():
+    fields = [f for f in Settings.model_fields.values() if f.json_schema_extra]
+    names = [f.validation_alias for f in fields]
+    assert names == [s.name for s in SETTINGS] and len(set(names)) == len(names)
+    assert all(s.meaning for s in SETTINGS)

@@ -67,7 +67,7 @@ def _credential_checks(run: Run, config: Settings) -> None:
 def _cookie_key_check(config: Settings) -> Check:
     group, name = "environment", "cookie key"
     if config.cookie_key:
-        if len(config.cookie_key) < 16:
+        if len(config.secret("cookie_key")) < 16:
             return Check(name, group, "fail", "DASHBOARD_COOKIE_KEY is shorter than 16 characters",
                          "set DASHBOARD_COOKIE_KEY to a long random value, e.g. python -c "
                          "'import secrets; print(secrets.token_urlsafe(32))'")
