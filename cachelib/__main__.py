@@ -231,7 +231,23 @@ def serve_cmd(port: int, host: str):
             _fail(f"port {port} is already in use; stop what runs there or use: make run PORT={port + 1}")
     click.secho(f"Dashboard: http://localhost:{port}  (log in as admin or viewer; Ctrl+C stops it)", bold=True)
     os.execvp(sys.executable, [sys.executable, "-m", "streamlit", "run", str(config.PROJECT_ROOT / "dashboard.py"),
-                               "--server.port", str(port), "--server.address", host, "--server.headless", "true"])
+                               *_streamlit_flags(), "--server.port", str(port), "--server.address", host])
+
+
+def _streamlit_flags() -> list[str]:
+    """The project's .streamlit/config.toml as command-line flags: Streamlit reads that file only from the
+    working directory, and an installed pgcache may be started from anywhere."""
+    import tomllib
+
+    path = config.PROJECT_ROOT / ".streamlit" / "config.toml"
+    if not path.is_file():
+        return []
+    flags = []
+    for section, values in tomllib.loads(path.read_text(encoding="utf-8")).items():
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            flags += [f"--{section}.{key}", text]
+    return flags
 
 
 # --- status and maintenance -------------------------------------------------------

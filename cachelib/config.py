@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 
 from cachelib.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+# A non-editable install (pip install .) puts the dashboard, its pages, the migrations and the
+# Streamlit config here (pyproject.toml, data-files); a checkout has them next to cachelib/.
+INSTALLED_APP = Path(sys.prefix) / "share" / "pgcache-admin"
+IS_CHECKOUT = (_SOURCE_ROOT / "sql" / "migrations").is_dir()
+# Where dashboard.py, pages/, sql/migrations/ and .streamlit/ are.
+PROJECT_ROOT = _SOURCE_ROOT if IS_CHECKOUT or not INSTALLED_APP.is_dir() else INSTALLED_APP
 
 DURATION_FORMS = "a number followed by s, m, h or d, optionally combined: 90s, 5m, 1h, 1h30m, 2d"
 _DURATION_PART = re.compile(r"(\d+)([smhd])")
@@ -139,8 +146,10 @@ class Targets:
 
 
 def _path(text: str) -> Path:
+    """A path setting: relative paths are under the checkout, or, installed, under the working directory
+    (the installed app's folder is the environment's, not the place for a database)."""
     path = Path(text).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return path if path.is_absolute() else (_SOURCE_ROOT if IS_CHECKOUT else Path.cwd()) / path
 
 
 def _database_url(text: str | None) -> str | None:
