@@ -650,7 +650,7 @@ def candidates_cmd(limit: int, min_calls: int, min_mean_ms: float, as_json: bool
     """The most expensive repeated read queries not yet cached (pg_stat_statements); exits 1 without it."""
     from cachelib import candidates
 
-    report = candidates.find_candidates(db.database_url(), limit, min_calls, min_mean_ms)
+    report = candidates.find_candidates(db.get_database(), limit, min_calls, min_mean_ms)
     emit(report.to_dict(), as_json, candidates.format_report(report))
     if not report.available:
         sys.exit(1)

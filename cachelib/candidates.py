@@ -21,8 +21,7 @@ import psycopg
 from psycopg import sql
 
 from cachelib import catalog
-from cachelib.config import Settings
-from cachelib.db import connect
+from cachelib.db import Database, get_database, translated_errors, value
 from cachelib.errors import InvalidInput
 from cachelib.verify import ALL_FUNCTIONS
 
@@ -88,11 +87,6 @@ class CandidatesReport:
         return data
 
 
-def _scalar(conn, query: str, params: tuple = ()):
-    row = conn.execute(query, params).fetchone()
-    return row[0] if row else None
-
-
 def _unavailable(reason: str) -> CandidatesReport:
     return CandidatesReport(False, "cannot list caching candidates: " + reason.split(":")[0], reason)
 
@@ -108,8 +102,8 @@ def _cached_names(conn) -> list[str]:
             for name in (cache.function_name, cache.wrapper_name)]
 
 
-def find_candidates(url: str, limit: int = 10, min_calls: int = 2, min_mean_ms: float = DEFAULT_MIN_MEAN_MS,
-                    config: Settings | None = None) -> CandidatesReport:
+def find_candidates(database: Database | None = None, limit: int = 10, min_calls: int = 2,
+                    min_mean_ms: float = DEFAULT_MIN_MEAN_MS) -> CandidatesReport:
     """The ``limit`` most expensive repeated read queries not yet cached (by total execution time).
 
     Repeated: called at least ``min_calls`` times; expensive: at least ``min_mean_ms`` per call.
@@ -118,16 +112,17 @@ def find_candidates(url: str, limit: int = 10, min_calls: int = 2, min_mean_ms: 
         raise InvalidInput(f"limit must be 1..1000, got {limit}")
     if min_calls < 1:
         raise InvalidInput(f"min_calls must be at least 1, got {min_calls}")
-    with connect(url, config=config) as conn:
-        schema = _scalar(conn, """SELECT n.nspname FROM pg_catalog.pg_extension e
+    database = database or get_database()
+    with translated_errors(database.url), database.connection() as conn:
+        schema = value(conn, """SELECT n.nspname FROM pg_catalog.pg_extension e
                                   JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                                   WHERE e.extname = 'pg_stat_statements'""")
-        loaded = _scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_settings "
+        loaded = value(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_settings "
                                "WHERE name = 'pg_stat_statements.max')")
         if schema is None:
-            if not _scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions "
+            if not value(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions "
                                  "WHERE name = 'pg_stat_statements')"):
-                major = _scalar(conn, "SELECT current_setting('server_version_num')::int / 10000")
+                major = value(conn, "SELECT current_setting('server_version_num')::int / 10000")
                 return _unavailable(NOT_INSTALLED.format(major=major))
             return _unavailable(NOT_CREATED if loaded else NOT_LOADED)
         if not loaded:
@@ -135,8 +130,8 @@ def find_candidates(url: str, limit: int = 10, min_calls: int = 2, min_mean_ms: 
         quoted = sql.Identifier(schema).as_string(conn)
         view, info = f"{quoted}.pg_stat_statements", f"{quoted}.pg_stat_statements_info"
         try:
-            stats_since = _scalar(conn, f"SELECT stats_reset FROM {info}")
-            total = _scalar(conn, f"""SELECT sum(total_exec_time) FROM {view}
+            stats_since = value(conn, f"SELECT stats_reset FROM {info}")
+            total = value(conn, f"""SELECT sum(total_exec_time) FROM {view}
                                       WHERE dbid = (SELECT oid FROM pg_catalog.pg_database
                                                     WHERE datname = current_database())""")
             rows = conn.execute(

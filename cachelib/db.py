@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -209,6 +210,16 @@ class Database:
                 raise unavailable_error(self.url, exc) from None
             raise
 
+    def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        """Every row of one query on a pooled connection, database errors translated."""
+        with translated_errors(self.url), self.connection() as conn:
+            return rows(conn, sql, params)
+
+    def value(self, sql: str, params: Any = None) -> Any:
+        """The first column of the first row of one query on a pooled connection, errors translated."""
+        with translated_errors(self.url), self.connection() as conn:
+            return value(conn, sql, params)
+
     def _reason_unavailable(self) -> DatabaseUnavailable:
         """The pool only says it timed out; one direct attempt tells the person why."""
         try:
@@ -243,6 +254,27 @@ def get_database(url: str | None = None) -> Database:
         if url not in _databases:
             _databases[url] = Database(url)
         return _databases[url]
+
+
+# --- small select helpers (pghero's select_all): every module reads rows the same way ---------------
+
+def value(conn: psycopg.Connection, sql: str, params: Any = None) -> Any:
+    """The first column of the first row, or None when there is no row."""
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+def rows(conn: psycopg.Connection, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Every row as a dict of column name to value."""
+    cursor = conn.execute(sql, params)
+    names = [column.name for column in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def row(conn: psycopg.Connection, sql: str, params: Any = None) -> dict[str, Any]:
+    """The first row as a dict ({} when there is none)."""
+    found = rows(conn, sql, params)
+    return found[0] if found else {}
 
 
 def set_clock(conn: psycopg.Connection, moment, *, transaction_only: bool = True) -> None:

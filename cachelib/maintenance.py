@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from cachelib import db
 from cachelib.catalog import find, parse_sources
 from cachelib.config import Duration
 from cachelib.db import Database, get_database, translated_errors
@@ -77,9 +78,7 @@ class Maintenance:
         """Run analyze_cache_health() and record it in the health history (source 'health check');
         details: checks (list) and overall status."""
         def run(conn):
-            cursor = conn.execute("SELECT * FROM cache_private.record_health(%s)", (HEALTH_CHECK_SOURCE,))
-            names = [c.name for c in cursor.description]
-            checks = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            checks = db.rows(conn, "SELECT * FROM cache_private.record_health(%s)", (HEALTH_CHECK_SOURCE,))
             overall = worst(check["status"] for check in checks)
             self._audit(conn, "health_check", {}, "ok", {"overall": overall})
             counts = {s: sum(c["status"] == s for c in checks) for s in ("ok", "warning", "critical")}
@@ -91,7 +90,7 @@ class Maintenance:
         """Delete expired entries (and evict beyond the size bound); details: the cleanup log row."""
         def run(conn):
             removed = conn.execute("SELECT public.cleanup_expired_cache()").fetchone()[0]
-            row = _row(conn, "SELECT * FROM public.cache_cleanup_log ORDER BY id DESC LIMIT 1")
+            row = db.row(conn, "SELECT * FROM public.cache_cleanup_log ORDER BY id DESC LIMIT 1")
             return f"Cleanup removed {removed} entries, freed {row['bytes_freed']:,} bytes", row
         return self.act(actor, "cleanup", {}, run)
 
@@ -100,9 +99,7 @@ class Maintenance:
         _check_days(days)
 
         def run(conn):
-            cursor = conn.execute("SELECT * FROM public.get_cache_cleanup_stats(%s)", (days,))
-            names = [c.name for c in cursor.description]
-            rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+            rows = db.rows(conn, "SELECT * FROM public.get_cache_cleanup_stats(%s)", (days,))
             self._audit(conn, "cleanup_stats", {"days": days}, "ok", {"days_returned": len(rows)})
             total = sum(r["entries_removed"] + r["entries_evicted"] for r in rows)
             cleanups = sum(r["cleanups"] for r in rows)
@@ -247,13 +244,6 @@ def write_audit(conn, action: str, params: dict, outcome: str, result: dict, dur
     """One audit row through cache_private.write_audit, as whoever ``identify`` named."""
     conn.execute("SELECT cache_private.write_audit(%s, %s::jsonb, %s, %s::jsonb, %s)",
                  (action, json.dumps(params, default=str), outcome, json.dumps(result, default=str), duration_ms))
-
-
-def _row(conn, sql: str) -> dict:
-    cursor = conn.execute(sql)
-    names = [c.name for c in cursor.description]
-    row = cursor.fetchone()
-    return dict(zip(names, row, strict=True)) if row else {}
 
 
 def _check_text(name: str, value: str | None) -> None:

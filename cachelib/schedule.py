@@ -29,7 +29,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cachelib.config import PROJECT_ROOT, Settings, settings
-from cachelib.db import connect
+from cachelib.db import connect, value
 from cachelib.errors import InvalidInput
 
 CLEANUP_JOB = "pgcache-cleanup"
@@ -155,29 +155,24 @@ def _with_dbname(url: str, dbname: str) -> str:
     return make_conninfo(**parts)
 
 
-def _scalar(conn, sql: str, params: tuple = ()):
-    row = conn.execute(sql, params).fetchone()
-    return row[0] if row else None
-
-
 def _extension_version(conn) -> str | None:
-    return _scalar(conn, "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'")
+    return value(conn, "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'")
 
 
 def locate(conn) -> CronLocation:
     """Find pg_cron for the database ``conn`` is connected to (reads only)."""
-    database = _scalar(conn, "SELECT current_database()")
+    database = value(conn, "SELECT current_database()")
     version = _extension_version(conn)
     if version is not None:
         return CronLocation(True, None, database, database, True, version)
-    if not _scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'pg_cron')"):
-        major = _scalar(conn, "SELECT current_setting('server_version_num')::int / 10000")
+    if not value(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'pg_cron')"):
+        major = value(conn, "SELECT current_setting('server_version_num')::int / 10000")
         return CronLocation(False, NOT_INSTALLED.format(major=major), database)
     # pg_cron defines cron.database_name only when it is loaded (a postgresql.conf value alone is a placeholder).
-    loaded = _scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE name = 'cron.database_name')")
+    loaded = value(conn, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE name = 'cron.database_name')")
     if not loaded:
         return CronLocation(False, NOT_PRELOADED.format(database=database), database)
-    cron_database = _scalar(conn, "SELECT current_setting('cron.database_name')")
+    cron_database = value(conn, "SELECT current_setting('cron.database_name')")
     return CronLocation(True, None, database, cron_database, False, None)
 
 

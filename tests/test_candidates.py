@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from cachelib import candidates, demo
-from cachelib.config import PROJECT_ROOT
+from cachelib.config import PROJECT_ROOT, Settings
+from cachelib.db import Database
 from tests.servers import pg15_unavailable_reason, start_pg15
 
 EXPENSIVE = ("SELECT e.specialty, count(*) AS sessions, avg(s.duration_minutes) AS minutes "
@@ -55,6 +56,15 @@ def traffic_url(statements_server):
             conn.execute("SELECT * FROM public.analyze_cache_health()")
             conn.execute("UPDATE public.experts SET name = name WHERE id = 1")
         conn.execute("SELECT e.name FROM public.experts e ORDER BY e.id LIMIT 1")  # once: not repeated
+        # A function registered as a cache: neither it nor its wrapper is a candidate any more.
+        conn.execute("""CREATE FUNCTION public.get_order_tally(p_product_id bigint) RETURNS jsonb LANGUAGE sql
+                        STABLE SET search_path = public, pg_temp AS $$
+                        SELECT jsonb_build_array(count(*)) FROM orders WHERE product_id = p_product_id $$""")
+        conn.execute("SELECT cache_private.register_cache('public.get_order_tally', ARRAY['public.orders:product_id'],"
+                     " '1 hour')")
+        for product_id in (1, 2, 1, 2):
+            conn.execute("SELECT public.get_order_tally_cached(%s, '1 hour')", (product_id,))
+            conn.execute("SELECT public.get_order_tally(%s)", (product_id,))
     return url
 
 
@@ -64,13 +74,14 @@ def run_cli(*args, url: str) -> subprocess.CompletedProcess:
 
 
 def test_lists_uncached_repeated_reads_and_leaves_out_what_is_cached(traffic_url):
-    report = candidates.find_candidates(traffic_url, limit=50, min_mean_ms=0)
+    report = candidates.find_candidates(Database(traffic_url, Settings.from_env({})), limit=50, min_mean_ms=0)
     assert report.available and report.stats_since is not None
     queries = [c.query for c in report.candidates]
     assert any("GROUP BY e.specialty" in q for q in queries), queries
     assert any("FROM public.products WHERE id = $1" in q for q in queries), queries
     joined = "\n".join(queries)
-    for cached_or_own in ("_cached(", "get_expert_sessions_with_stats(", "query_cache", "analyze_cache_health",
+    for cached_or_own in ("_cached(", "get_expert_sessions_with_stats(", "get_order_tally(", "query_cache",
+                          "analyze_cache_health",
                           "UPDATE", "pg_stat_statements", "ORDER BY e.id LIMIT"):
         assert cached_or_own not in joined, cached_or_own
     expensive = next(c for c in report.candidates if "GROUP BY e.specialty" in c.query)
@@ -80,9 +91,10 @@ def test_lists_uncached_repeated_reads_and_leaves_out_what_is_cached(traffic_url
 
 
 def test_thresholds_and_limit(traffic_url):
-    assert len(candidates.find_candidates(traffic_url, limit=1, min_mean_ms=0).candidates) == 1
-    assert all(c.calls >= 6 for c in candidates.find_candidates(traffic_url, min_calls=6, min_mean_ms=0).candidates)
-    nothing = candidates.find_candidates(traffic_url, min_mean_ms=1e9)
+    database = Database(traffic_url, Settings.from_env({}))
+    assert len(candidates.find_candidates(database, limit=1, min_mean_ms=0).candidates) == 1
+    assert all(c.calls >= 6 for c in candidates.find_candidates(database, min_calls=6, min_mean_ms=0).candidates)
+    nothing = candidates.find_candidates(database, min_mean_ms=1e9)
     assert nothing.available and nothing.candidates == [] and "nothing worth caching yet" in nothing.message
 
 
@@ -97,7 +109,7 @@ def test_cli_text_and_json(traffic_url):
 
 def test_loaded_but_not_created_says_create_extension(statements_server):
     url = statements_server.create_database("candidates_no_ext", migrated=False)
-    report = candidates.find_candidates(url)
+    report = candidates.find_candidates(Database(url, Settings.from_env({})))
     assert not report.available and "CREATE EXTENSION pg_stat_statements;" in report.how_to_enable
     cli = run_cli("candidates", url=url)
     assert cli.returncode == 1
@@ -106,15 +118,15 @@ def test_loaded_but_not_created_says_create_extension(statements_server):
 
 def test_not_preloaded_says_shared_preload_libraries(pg15):
     url = pg15.fresh_database("candidates_not_loaded")
-    report = candidates.find_candidates(url)
+    report = candidates.find_candidates(Database(url, Settings.from_env({})))
     assert not report.available and "shared_preload_libraries" in report.how_to_enable
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_stat_statements")  # created, but the library is not loaded
-    report = candidates.find_candidates(url)
+    report = candidates.find_candidates(Database(url, Settings.from_env({})))
     assert not report.available and "restart PostgreSQL" in report.how_to_enable
 
 
 def test_not_installed_on_the_server(db_url):
-    report = candidates.find_candidates(db_url)
+    report = candidates.find_candidates(Database(db_url, Settings.from_env({})))
     assert not report.available and "pg_stat_statements is not installed on this PostgreSQL server" in report.message
     assert "contrib" in report.how_to_enable
