@@ -51,7 +51,7 @@ class Action:
         else:
             text = f"action={self.name}" + "".join(f"&{p.name}={p.placeholder}" for p in self.parameters)
         ranges = [f"{p.name} {p.integer_range[0]}..{p.integer_range[1]}, default {p.default}"
-                  for p in self.parameters if p.integer_range]
+                  for p in self.parameters if p.integer_range and p.default is not None]
         notes = [*ranges, *([self.note] if self.note else [])]
         return text + (f" ({'; '.join(notes)})" if notes else "")
 
@@ -89,6 +89,17 @@ REGISTRY: dict[str, Action] = {action.name: action for action in (
                       "TABLE[:COLUMN]", required=True, multiple=True),
             Parameter("duration", "How long results stay cached, e.g. 10m (default CACHE_DEFAULT_DURATION).", "10m"),
             Parameter("name", "The cache's name (default: the function's name without get_).", "NAME"),
+            Parameter("description", "What the cache holds, for people.", "TEXT")), group="cache"),
+    Action("cache_from_candidate", "add-candidate", "Wrap a caching candidate (python -m cachelib candidates; a read "
+           "query the cache's owner ran) in a new function and register it as a cache; its sources are the "
+           "tables the query reads.",
+           lambda m, actor, p: m.add_cache_from_candidate(actor, p["queryid"], p["function"],
+                                                          _duration(p.get("duration")), p.get("description")),
+           (Parameter("queryid", "The candidate's queryid (the candidates list shows it).", "QUERYID",
+                      integer_range=(-2**63, 2**63 - 1), required=True, argument=True),
+            Parameter("function", "The new function's name in public (its cache is named after it).",
+                      "FUNCTION", required=True),
+            Parameter("duration", "How long results stay cached, e.g. 10m (default CACHE_DEFAULT_DURATION).", "10m"),
             Parameter("description", "What the cache holds, for people.", "TEXT")), group="cache"),
     Action("cache_remove", "remove", "Drop a registered cache: its wrapper, triggers, entries and statistics.",
            lambda m, actor, p: m.remove_cache(actor, p["cache"]),

@@ -451,6 +451,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
         cache: str | None = Query(None, description=_described("cache")),
         key: str | None = Query(None, description=_described("key")),
         confirm: str | None = Query(None, description=_described("confirm")),
+        queryid: int | None = Query(None, description=_described("queryid"), ge=-2**63, le=2**63 - 1),
         function: str | None = Query(None, description=_described("function"), max_length=300),
         source: list[str] | None = Query(None, description=_described("source")
                                          + " Repeat it, or separate tables with commas."),
@@ -458,8 +459,9 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
         name: str | None = Query(None, description=_described("name"), max_length=100),
         description: str | None = Query(None, description=_described("description"), max_length=500),
     ):
-        params = {"days": days, "cache": cache, "key": key, "confirm": confirm, "function": function,
-                  "source": source, "duration": duration, "name": name, "description": description}
+        params = {"days": days, "cache": cache, "key": key, "confirm": confirm, "queryid": queryid,
+                  "function": function, "source": source, "duration": duration, "name": name,
+                  "description": description}
         return run_action(current_database(), actor, action, params)
 
     @app.get(f"{ADMIN_PREFIX}/review", tags=["admin"],

@@ -23,7 +23,6 @@ from psycopg import sql
 from cachelib import catalog
 from cachelib.db import Database, get_database, translated_errors, value
 from cachelib.errors import InvalidInput
-from cachelib.verify import ALL_FUNCTIONS
 
 NOT_INSTALLED = ("pg_stat_statements is not installed on this PostgreSQL server: install the server's contrib "
                  "package (Debian/Ubuntu ship it with postgresql-{major}); on Supabase and managed services it "
@@ -38,15 +37,16 @@ NOT_CREATED = ("pg_stat_statements is loaded but not created in this database: r
 OUTDATED = ("pg_stat_statements is older than this server: run in this database: "
             "ALTER EXTENSION pg_stat_statements UPDATE;")
 
-# Anything matching is cached already, is the cache's own bookkeeping, or is a tool's query.
 def exclude_pattern(cached: list[str] = ()) -> str:
-    """What is left out: our own functions, the functions of the catalog's caches and their wrappers
-    (``cached``, plain names), the cache's tables, and tools' queries."""
-    own = sorted({*ALL_FUNCTIONS, *cached}, key=len, reverse=True)
+    """What is left out: our own public functions (every one has cache in its name), the functions of the
+    catalog's caches and their wrappers (``cached``, plain names), the cache's tables, and tools' queries."""
+    own = sorted(cached, key=len, reverse=True)
     return (r"(query_cache|cache_cleanup_log|cache_private\.|cache_catalog|_cachelib_migrations|_yoyo_|yoyo_lock"
             r"|information_schema\.|cron\.|\mpg_\w+"  # pg_catalog, pg_stat_*, pg_class, pg_advisory_lock ...
-            r"|\m(set_config|current_setting|has_\w+_privilege|to_reg\w+|"
-            + "|".join(re.escape(name) for name in own) + r")\s*\()")
+            r"|\m\w*cache\w*\s*\("
+            r"|\m(set_config|current_setting|has_\w+_privilege|to_reg\w+"
+            + "".join("|" + re.escape(name) for name in own) + r")\s*\()")
+
 
 # Caching what runs in under a millisecond costs more than it saves (optimize_cache drops such entries too).
 DEFAULT_MIN_MEAN_MS = 1.0
@@ -63,6 +63,9 @@ class Candidate:
     mean_ms: float
     rows: int
     share_pct: float | None  # of all execution time recorded for this database
+    # Run by the cache's owner (or a member of it): only such a query may be wrapped into a cached function
+    # from here, since the wrapper runs it as the owner. A query anyone else ran may have been planted.
+    by_owner: bool = False
 
     @property
     def rows_per_call(self) -> float:
@@ -89,6 +92,16 @@ class CandidatesReport:
 
 def _unavailable(reason: str) -> CandidatesReport:
     return CandidatesReport(False, "cannot list caching candidates: " + reason.split(":")[0], reason)
+
+
+def _wrapped_queryids(conn) -> list[int]:
+    """Candidates already wrapped into a cached function (none before 0017)."""
+    try:
+        with conn.transaction():
+            return [r[0] for r in conn.execute(
+                "SELECT from_queryid FROM cache_private.caches WHERE from_queryid IS NOT NULL").fetchall()]
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
+        return []
 
 
 def _cached_names(conn) -> list[str]:
@@ -127,15 +140,14 @@ def find_candidates(database: Database | None = None, limit: int = 10, min_calls
             return _unavailable(NOT_CREATED if loaded else NOT_LOADED)
         if not loaded:
             return _unavailable(NOT_LOADED)
-        quoted = sql.Identifier(schema).as_string(conn)
-        view, info = f"{quoted}.pg_stat_statements", f"{quoted}.pg_stat_statements_info"
+        view, info = _views(conn, schema)
         try:
             stats_since = value(conn, f"SELECT stats_reset FROM {info}")
             total = value(conn, f"""SELECT sum(total_exec_time) FROM {view}
                                       WHERE dbid = (SELECT oid FROM pg_catalog.pg_database
                                                     WHERE datname = current_database())""")
             rows = conn.execute(
-                f"""SELECT queryid, query, calls, total_exec_time, mean_exec_time, rows
+                f"""SELECT queryid, query, calls, total_exec_time, mean_exec_time, rows, {BY_OWNER}
                     FROM {view}
                     WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
                       AND toplevel
@@ -144,25 +156,59 @@ def find_candidates(database: Database | None = None, limit: int = 10, min_calls
                       AND query ~* %(read)s
                       AND query !~* %(write)s
                       AND query !~* %(exclude)s
+                      AND queryid <> ALL (%(wrapped)s)
                     ORDER BY total_exec_time DESC
                     LIMIT %(limit)s""",
                 {"min_calls": min_calls, "min_mean_ms": min_mean_ms, "read": READ_PATTERN, "write": WRITE_PATTERN,
-                 "exclude": exclude_pattern(_cached_names(conn)),
+                 "exclude": exclude_pattern(_cached_names(conn)), "wrapped": _wrapped_queryids(conn),
                  "limit": limit}).fetchall()
         except psycopg.errors.ObjectNotInPrerequisiteState:
             return _unavailable(NOT_LOADED)
         except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
             return _unavailable(OUTDATED)
     candidates = [Candidate(int(r[0]), r[1], int(r[2]), round(float(r[3]), 3), round(float(r[4]), 3), int(r[5]),
-                            round(100.0 * float(r[3]) / float(total), 1) if total else None) for r in rows]
+                            round(100.0 * float(r[3]) / float(total), 1) if total else None, bool(r[6]))
+                  for r in rows]
     since = f" since {stats_since:%Y-%m-%d %H:%M %Z}" if stats_since else ""
     if candidates:
         message = (f"{len(candidates)} most expensive repeated read queries not yet cached (pg_stat_statements"
-                   f"{since}); cache one with a new cached function: README, 'Adding a cached function'")
+                   f"{since})")
     else:
         message = (f"no uncached read query ran at least {min_calls} times taking {min_mean_ms:g} ms or more "
                    f"per call (pg_stat_statements{since}); nothing worth caching yet")
     return CandidatesReport(True, message, None, stats_since, candidates)
+
+
+BY_OWNER = """CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = userid)
+                   THEN pg_catalog.pg_has_role(userid, (SELECT n.nspowner FROM pg_catalog.pg_namespace n
+                                                        WHERE n.nspname = 'cache_private'), 'MEMBER')
+                   ELSE false END"""
+
+
+def _views(conn, schema: str) -> tuple[str, str]:
+    quoted = sql.Identifier(schema).as_string(conn)
+    return f"{quoted}.pg_stat_statements", f"{quoted}.pg_stat_statements_info"
+
+
+def owner_query(conn, queryid: int) -> str:
+    """The text of candidate ``queryid`` as pg_stat_statements holds it, if the cache's owner ran it in
+    this database; raises InvalidInput otherwise (a query anyone else ran is never wrapped from here)."""
+    schema = value(conn, """SELECT n.nspname FROM pg_catalog.pg_extension e
+                            JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                            WHERE e.extname = 'pg_stat_statements'""")
+    if schema is None:
+        raise InvalidInput("pg_stat_statements is not created in this database: there are no candidates")
+    view, _info = _views(conn, schema)
+    found = conn.execute(f"""SELECT query, {BY_OWNER} FROM {view}
+                             WHERE queryid = %s AND toplevel
+                               AND dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+                             ORDER BY 2 DESC LIMIT 1""", (queryid,)).fetchone()
+    if found is None:
+        raise InvalidInput(f"no candidate query {queryid} in this database (pg_stat_statements may have been reset)")
+    if not found[1]:
+        raise InvalidInput(f"candidate {queryid} was not run by the cache's owner: wrap it in a function yourself "
+                           "after reading it, then register that (README, 'Adding a cached function')")
+    return found[0]
 
 
 def format_report(report: CandidatesReport) -> str:
@@ -171,9 +217,13 @@ def format_report(report: CandidatesReport) -> str:
         return f"{report.message}\n  how to enable it: {report.how_to_enable}"
     lines = [report.message]
     if report.candidates:
-        lines.append(f"{'#':>2} {'calls':>9} {'total ms':>12} {'mean ms':>10} {'rows/call':>9} {'share':>6}  query")
+        lines.append(f"{'#':>2} {'calls':>9} {'total ms':>12} {'mean ms':>10} {'rows/call':>9} {'share':>6} "
+                     f"{'queryid':>20}  query")
         for rank, c in enumerate(report.candidates, 1):
             share = f"{c.share_pct:5.1f}%" if c.share_pct is not None else "     -"
+            mark = "" if c.by_owner else " (not run by the owner: wrap it by hand)"
             lines.append(f"{rank:>2} {c.calls:>9,} {c.total_ms:>12,.1f} {c.mean_ms:>10,.2f} {c.rows_per_call:>9,.1f} "
-                         f"{share}  {c.one_line()}")
+                         f"{share} {c.queryid:>20}  {c.one_line()}{mark}")
+        lines.append("Cache one: python -m cachelib cache add-candidate QUERYID --function NAME "
+                     "(put -- before a negative QUERYID)")
     return "\n".join(lines)

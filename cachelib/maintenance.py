@@ -21,6 +21,7 @@ from typing import Any, Literal
 import psycopg
 
 from cachelib import db
+from cachelib.candidates import owner_query
 from cachelib.catalog import find, parse_sources
 from cachelib.config import Duration
 from cachelib.db import Database, get_database, translated_errors
@@ -179,6 +180,28 @@ class Maintenance:
             wrapper = result["wrapper"].split("(")[0]
             return (f"Registered cache {result['cache']}: call {wrapper}(…); "
                     f"{len(result['sources'])} source table(s), {duration}"), result
+        return self.act(actor, "cache_add", params, run)
+
+    def add_cache_from_candidate(self, actor: Actor, queryid: int, function: str, duration: Duration,
+                                 description: str | None = None) -> ActionResult:
+        """Wrap caching candidate ``queryid`` (a read query the owner ran) in public.``function`` and register
+        it, its sources being the tables it reads (any change invalidates the whole cache); one transaction."""
+        _check_text("function", function)
+        _check_text("description", description)
+        params = {"queryid": queryid, "function": function, "duration": str(duration)}
+
+        def run(conn):
+            query = owner_query(conn, queryid)
+            result = db.value(conn, """
+                SELECT cache_private.register_cache(f::text, cache_private.tables_read(f), %s::interval, NULL, %s)
+                FROM cache_private.wrap_query(%s, %s) f""",
+                              (f"{duration.seconds} seconds", description, function, query))
+            conn.execute("UPDATE cache_private.caches SET from_queryid = %s WHERE cache_name = %s",
+                         (queryid, result["cache"]))
+            wrapper = result["wrapper"].split("(")[0]
+            return (f"Wrapped candidate {queryid} as {result['function']} and registered cache {result['cache']}: "
+                    f"call {wrapper}(…); sources {', '.join(s['table'] for s in result['sources'])}, {duration}"), \
+                {**result, "query": query}
         return self.act(actor, "cache_add", params, run)
 
     def remove_cache(self, actor: Actor, cache: str) -> ActionResult:

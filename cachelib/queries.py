@@ -59,6 +59,13 @@ def cacheable_functions(database: Database | None = None) -> list[dict[str, Any]
     return catalog.cacheable_functions(database or get_database())
 
 
+def caching_candidates(database: Database | None = None):
+    """The caching candidates report (cachelib.candidates): expensive repeated reads not cached yet."""
+    from cachelib import candidates
+
+    return candidates.find_candidates(database or get_database(), limit=20)
+
+
 def guide_overview(database: Database | None = None) -> pd.DataFrame:
     """The guide's "Cache performance overview": total_entries, hit_entries, avg_hits, expired_entries."""
     return _frame("""

@@ -121,6 +121,8 @@ def catalog_controls(listing: list[dict]) -> None:
     if not ui.is_admin():
         st.info("Only administrators can register caches or change their durations.", icon=":material/lock:")
         return
+    with ui.guard("the caching candidates"):
+        candidate_form()
     register, retime, remove = st.columns(3)
     with register:
         register_form(ui.read("cacheable_functions"))
@@ -153,6 +155,30 @@ def catalog_controls(listing: list[dict]) -> None:
         if st.button("Remove cache", key="remove_cache", type="primary", disabled=not sure):
             ui.run_action(f"Remove {ui.cache_label(target)}", lambda: ui.act("cache_remove", cache=target),
                           rerun=True)
+
+
+def candidate_form() -> None:
+    st.markdown("**Cache a caching candidate** (an expensive repeated read query, from pg_stat_statements)")
+    report = ui.read("caching_candidates")
+    if not report.available:
+        st.caption(f"{report.message}. {report.how_to_enable or ''}")
+        return
+    owned = [c for c in report.candidates if c.by_owner]
+    if not owned:
+        others = len(report.candidates) - len(owned)
+        st.caption(report.message + (f"; {others} were run by other roles: wrap those in a function by hand after "
+                                     "reading them (README, \"Adding a cached function\")." if others else "."))
+        return
+    choice = st.selectbox("Candidate", owned, key="candidate_query",
+                          format_func=lambda c: f"{ui.fmt_ms(c.total_ms)} in {c.calls:,} calls: {c.one_line(90)}")
+    st.code(choice.query, language="sql", wrap_lines=True)
+    name = st.text_input("Function to create (in public)", value=f"cached_query_{abs(choice.queryid) % 100_000}",
+                         key=f"candidate_function_{choice.queryid}", max_chars=51).strip()
+    st.caption("The query becomes a function returning its rows as JSON, registered as a cache; a change in any "
+               "table it reads invalidates the whole cache.")
+    if st.button("Wrap and register", key="candidate_register"):
+        ui.run_action(f"Cache candidate {choice.queryid}",
+                      lambda: ui.act("cache_from_candidate", queryid=choice.queryid, function=name), rerun=True)
 
 
 def register_form(functions: list[dict]) -> None:

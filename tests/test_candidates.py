@@ -13,16 +13,20 @@ import sys
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cachelib import candidates, demo
+from cachelib import actions, candidates, demo
 from cachelib.config import PROJECT_ROOT, Settings
 from cachelib.db import Database
+from cachelib.errors import InvalidInput
+from cachelib.maintenance import Actor
 from tests.servers import pg15_unavailable_reason, start_pg15
 
 EXPENSIVE = ("SELECT e.specialty, count(*) AS sessions, avg(s.duration_minutes) AS minutes "
              "FROM public.expert_sessions s JOIN public.experts e ON e.id = s.expert_id "
              "WHERE s.started_at > now() - make_interval(days => %s) GROUP BY e.specialty")
 CHEAP = "SELECT name FROM public.products WHERE id = %s"
+ADMIN = Actor("candidates-admin", "admin", "cli")
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,49 @@ def test_not_installed_on_the_server(db_url):
     report = candidates.find_candidates(Database(db_url, Settings.from_env({})))
     assert not report.available and "pg_stat_statements is not installed on this PostgreSQL server" in report.message
     assert "contrib" in report.how_to_enable
+
+
+def test_a_candidate_the_owner_ran_becomes_a_cache_in_one_action(traffic_url):
+    database = Database(traffic_url, Settings.from_env({}))
+    report = candidates.find_candidates(database, limit=50, min_mean_ms=0)
+    expensive = next(c for c in report.candidates if "GROUP BY e.specialty" in c.query)
+    assert expensive.by_owner
+    result = actions.run(database, ADMIN, "cache_from_candidate",
+                         {"queryid": expensive.queryid, "function": "sessions_by_specialty", "duration": "20m"})
+    assert result.ok and result.details["cache"] == "sessions_by_specialty"
+    assert {s["table"] for s in result.details["sources"]} == {"public.expert_sessions", "public.experts"}
+    with psycopg.connect(traffic_url, autocommit=True) as conn:
+        cached = conn.execute("SELECT public.sessions_by_specialty_cached(90)").fetchone()[0]
+        direct = conn.execute("SELECT public.sessions_by_specialty(90)").fetchone()[0]
+        assert cached == direct and {row["specialty"] for row in direct}
+        # Its sources invalidate it as a whole: a new session shows at once.
+        before = sum(row["sessions"] for row in cached)
+        conn.execute("INSERT INTO public.expert_sessions (expert_id, started_at, duration_minutes, status) "
+                     "VALUES (1, now(), 30, 'completed')")
+        after = conn.execute("SELECT public.sessions_by_specialty_cached(90)").fetchone()[0]
+        assert sum(row["sessions"] for row in after) == before + 1
+    listed = [c.query for c in candidates.find_candidates(database, limit=50, min_mean_ms=0).candidates]
+    assert not any("GROUP BY e.specialty" in q for q in listed)  # cached now
+
+
+def test_a_query_someone_else_ran_is_never_wrapped(traffic_url):
+    database = Database(traffic_url, Settings.from_env({}))
+    with psycopg.connect(traffic_url, autocommit=True) as owner:
+        owner.execute("DROP ROLE IF EXISTS cand_eve")
+        owner.execute("CREATE ROLE cand_eve LOGIN IN ROLE authenticated")
+        owner.execute("GRANT SELECT ON public.products TO cand_eve")
+        try:
+            parts = conninfo_to_dict(traffic_url)
+            parts.pop("password", None)
+            with psycopg.connect(make_conninfo(**{**parts, "user": "cand_eve"}), autocommit=True) as eve:
+                for _ in range(3):  # planted: would run as the owner on every miss if it were wrapped
+                    eve.execute("SELECT count(*) AS planted, max(price) FROM public.products")
+            planted = next(c for c in candidates.find_candidates(database, limit=100, min_mean_ms=0).candidates
+                           if "AS planted" in c.query)
+            assert not planted.by_owner
+            with pytest.raises(InvalidInput, match="was not run by the cache's owner"):
+                actions.run(database, ADMIN, "cache_from_candidate", {"queryid": planted.queryid, "function": "eves"})
+            assert owner.execute("SELECT to_regproc('public.eves')").fetchone()[0] is None  # nothing half-done
+        finally:
+            owner.execute("DROP OWNED BY cand_eve")
+            owner.execute("DROP ROLE cand_eve")

@@ -53,7 +53,8 @@ ALTER TABLE cache_private.caches
   ADD COLUMN duration_changed_by text,
   ADD COLUMN builtin boolean NOT NULL DEFAULT false,  -- the guide's caches: cannot be removed
   ADD COLUMN registered_at timestamptz,
-  ADD COLUMN registered_by text;
+  ADD COLUMN registered_by text,
+  ADD COLUMN from_queryid bigint;            -- the caching candidate (pg_stat_statements) it was wrapped from
 COMMENT ON COLUMN cache_private.caches.duration_setting IS
   'Environment variable the application reads for this cache''s duration (the guide''s caches); NULL: default_duration.';
 COMMENT ON COLUMN cache_private.caches.duration_override IS
@@ -515,6 +516,80 @@ BEGIN
 END
 $$;
 
+-- --- from a caching candidate to a function ------------------------------------------------------
+
+-- Wrap a read query (a caching candidate from pg_stat_statements, cachelib/candidates.py) in a
+-- function that register_cache accepts: public.<name>(p_key <type> DEFAULT NULL) returning the
+-- query's rows as a jsonb array. The body is SQL-standard (BEGIN ATOMIC): its tables and
+-- functions are resolved now, from public, and kept by identity, so no later search_path (or a
+-- caller's temporary table) can change what it reads; PostgreSQL records the tables it reads,
+-- which become its sources. The query may take one parameter ($1), whose type PostgreSQL infers
+-- (PREPARE); it must be one a key can be. Returns the new function.
+CREATE FUNCTION cache_private.wrap_query(p_name text, p_query text) RETURNS regprocedure
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  v_types regtype[];
+  v_argument text := '';
+  v_fn regprocedure;
+BEGIN
+  IF p_name IS NULL OR p_name !~ '^[a-z][a-z0-9_]{0,50}$' THEN
+    PERFORM cache_private.refuse(pg_catalog.format(
+      'function name %s: use 1 to 51 lower-case letters, digits and underscores, starting with a letter',
+      pg_catalog.quote_literal(pg_catalog.left(COALESCE(p_name, ''), 100))));
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = 'public'::regnamespace AND proname = p_name) THEN
+    PERFORM cache_private.refuse(pg_catalog.format('a function public.%I exists already: choose another name', p_name));
+  END IF;
+  IF pg_catalog.strpos(COALESCE(p_query, ''), ';') > 0 OR pg_catalog.btrim(COALESCE(p_query, '')) = '' THEN
+    PERFORM cache_private.refuse('give one read query, without a semicolon');
+  END IF;
+  -- Resolve the query's names the way the application wrote them: in public, then the catalog;
+  -- pg_temp named last (unnamed, it would be searched first). Reverted when this function ends.
+  PERFORM pg_catalog.set_config('search_path', 'public, pg_catalog, pg_temp', true);
+  BEGIN
+    EXECUTE pg_catalog.format('PREPARE cache_wrap_probe AS %s', p_query);
+    SELECT parameter_types INTO v_types FROM pg_catalog.pg_prepared_statements WHERE name = 'cache_wrap_probe';
+    DEALLOCATE cache_wrap_probe;
+  EXCEPTION WHEN syntax_error OR undefined_table OR undefined_column OR undefined_function OR ambiguous_column
+                 OR datatype_mismatch OR indeterminate_datatype OR wrong_object_type THEN
+    PERFORM cache_private.refuse('the query cannot be wrapped as it is: ' || SQLERRM);
+  END;
+  IF pg_catalog.cardinality(v_types) > 1 THEN
+    PERFORM cache_private.refuse(pg_catalog.format(
+      'the query takes %s parameters: a cached function takes at most one (its key)', pg_catalog.cardinality(v_types)));
+  END IF;
+  IF pg_catalog.cardinality(v_types) = 1 THEN
+    IF v_types[1] NOT IN ('pg_catalog.int2'::regtype, 'pg_catalog.int4'::regtype, 'pg_catalog.int8'::regtype,
+                          'pg_catalog.uuid'::regtype) THEN
+      PERFORM cache_private.refuse(pg_catalog.format(
+        'the query''s parameter is a %s: a key must be smallint, integer, bigint or uuid', v_types[1]));
+    END IF;
+    v_argument := pg_catalog.format('p_key %s DEFAULT NULL', v_types[1]);
+  END IF;
+  EXECUTE pg_catalog.format(
+    'CREATE FUNCTION public.%I(%s) RETURNS pg_catalog.jsonb LANGUAGE sql STABLE '
+    'SET search_path = public, pg_temp BEGIN ATOMIC '
+    'SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(q)), ''[]''::pg_catalog.jsonb) FROM (%s) q; END',
+    p_name, v_argument, p_query);
+  v_fn := pg_catalog.to_regprocedure(pg_catalog.format('public.%I(%s)', p_name,
+                                                       COALESCE(v_types[1]::text, '')));
+  EXECUTE pg_catalog.format('COMMENT ON FUNCTION %s IS %L', v_fn,
+                            'Wrapped from a caching candidate: ' || pg_catalog.left(p_query, 400));
+  EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, anon', v_fn);
+  RETURN v_fn;
+END
+$$;
+
+-- The tables a function with an SQL-standard body reads (PostgreSQL recorded them when it was made).
+-- VOLATILE: it must see a function made earlier in the same statement (wrap_query).
+CREATE FUNCTION cache_private.tables_read(p_function regprocedure) RETURNS text[]
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT COALESCE(pg_catalog.array_agg(DISTINCT d.refobjid::regclass::text ORDER BY d.refobjid::regclass::text), '{}')
+  FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.refobjid
+  WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p_function
+    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND c.relkind IN ('r', 'p')
+$$;
+
 -- --- the read side -------------------------------------------------------------------------------
 
 -- Which caches exist and how each is called: what the application needs to call any cache,
@@ -540,7 +615,8 @@ REVOKE ALL ON FUNCTION
   cache_private.checked_source(text, regtype), cache_private.attach_source(text, regclass, text),
   cache_private.detach_source(text, regclass), cache_private.write_wrapper(text), cache_private.describe_cache(text),
   cache_private.register_cache(text, text[], interval, text, text), cache_private.unregister_cache(text),
-  cache_private.set_cache_duration(text, interval)
+  cache_private.set_cache_duration(text, interval), cache_private.wrap_query(text, text),
+  cache_private.tables_read(regprocedure)
 FROM PUBLIC, anon, authenticated, service_role, cache_admin;
 
 -- --- the guide's caches, rebuilt from the catalog ------------------------------------------------
