@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -26,7 +25,7 @@ NOW = datetime(2026, 11, 12, 15, 30, tzinfo=UTC)
 
 def _one_connection(url: str) -> Database:
     """A Database whose pool has one connection, so a clock set on it holds for every read."""
-    return Database(url, replace(Settings.from_env({}), pool_size=1))
+    return Database(url, Settings.from_env({}).model_copy(update={"pool_size": 1}))
 
 
 def _set_clock(conn, moment: datetime) -> None:
