@@ -161,7 +161,7 @@ def candidate_form() -> None:
     st.markdown("**Cache a caching candidate** (an expensive repeated read query, from pg_stat_statements)")
     report = ui.read("caching_candidates")
     if not report.available:
-        st.caption(f"{report.message}. {report.how_to_enable or ''}")
+        st.caption(f"Not available here: {report.how_to_enable or report.message}")
         return
     owned = [c for c in report.candidates if c.by_owner]
     if not owned:

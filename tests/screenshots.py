@@ -20,7 +20,7 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 PAGES = [
     ("Overview", "Cache Overview", "overview.png", 1500),
     ("Performance Analysis", "Performance Analysis", "performance.png", 2300),
-    ("Cache Management", "Cache Management", "management.png", 1900),
+    ("Cache Management", "Cache Management", "management.png", 2450),
     ("Maintenance & Health", "Maintenance & Health", "maintenance.png", 2200),
     ("Monthly Review", "Monthly Review", "monthly_review.png", 2300),
 ]
