@@ -121,3 +121,13 @@ def start_pg15(settings: dict[str, str] | None = None) -> Pg15:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def login_url(url: str, user: str) -> str:
+    """``url`` with ``user`` as the login role and no password (the test servers trust local logins)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    parts = conninfo_to_dict(url)
+    parts.pop("password", None)
+    parts["user"] = user
+    return make_conninfo(**parts)

@@ -13,14 +13,13 @@ import sys
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cachelib import actions, candidates, demo
 from cachelib.config import PROJECT_ROOT, Settings
 from cachelib.db import Database
 from cachelib.errors import InvalidInput
 from cachelib.maintenance import Actor
-from tests.servers import pg15_unavailable_reason, start_pg15
+from tests.servers import login_url, pg15_unavailable_reason, start_pg15
 
 EXPENSIVE = ("SELECT e.specialty, count(*) AS sessions, avg(s.duration_minutes) AS minutes "
              "FROM public.expert_sessions s JOIN public.experts e ON e.id = s.expert_id "
@@ -166,9 +165,7 @@ def test_a_query_someone_else_ran_is_never_wrapped(traffic_url):
         owner.execute("CREATE ROLE cand_eve LOGIN IN ROLE authenticated")
         owner.execute("GRANT SELECT ON public.products TO cand_eve")
         try:
-            parts = conninfo_to_dict(traffic_url)
-            parts.pop("password", None)
-            with psycopg.connect(make_conninfo(**{**parts, "user": "cand_eve"}), autocommit=True) as eve:
+            with psycopg.connect(login_url(traffic_url, "cand_eve"), autocommit=True) as eve:
                 for _ in range(3):  # planted: would run as the owner on every miss if it were wrapped
                     eve.execute("SELECT count(*) AS planted, max(price) FROM public.products")
             planted = next(c for c in candidates.find_candidates(database, limit=100, min_mean_ms=0).candidates

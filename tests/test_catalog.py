@@ -20,13 +20,13 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cachelib import actions, api, apikeys, catalog, config, queries, review, verify
 from cachelib.db import Database
 from cachelib.errors import InvalidInput, PermissionDenied
 from cachelib.maintenance import Actor
 from cachelib.manager import CacheManager
+from tests.servers import login_url
 
 ADMIN = Actor("catalog-admin", "admin", "cli")
 VIEWER = Actor("catalog-viewer", "viewer", "cli")
@@ -88,13 +88,6 @@ def kinds(conn, key) -> list[str]:
     """The events of ``key`` not rolled up yet, oldest first."""
     return [r[0] for r in conn.execute(
         "SELECT kind FROM cache_private.cache_events WHERE cache_key = %s ORDER BY event_at, ctid", [key])]
-
-
-def login_url(url: str, user: str) -> str:
-    parts = conninfo_to_dict(url)
-    parts.pop("password", None)
-    parts["user"] = user
-    return make_conninfo(**parts)
 
 
 # --- in SQL, on both servers -----------------------------------------------------------------------

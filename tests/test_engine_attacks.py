@@ -23,7 +23,8 @@ import threading
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.servers import login_url
 
 TOKEN = "EMERGENCY_CLEAR_CONFIRMED"
 LOGINS = {"eve": "authenticated", "ann": "anon", "cam": "cache_admin"}  # attacker -> the role it is a member of
@@ -31,13 +32,6 @@ LOGINS = {"eve": "authenticated", "ann": "anon", "cam": "cache_admin"}  # attack
 
 def val(conn, sql, params=None):
     return conn.execute(sql, params).fetchone()[0]
-
-
-def login_url(url: str, user: str) -> str:
-    parts = conninfo_to_dict(url)
-    parts.pop("password", None)
-    parts["user"] = user
-    return make_conninfo(**parts)
 
 
 @pytest.fixture(scope="module")
