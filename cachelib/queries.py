@@ -44,9 +44,8 @@ def overview(database: Database | None = None) -> pd.DataFrame:
 
 
 def cache_names(database: Database | None = None) -> list[str]:
-    """The registered caches, by name (cheap: no scan of the entries)."""
-    return list(_frame("SELECT cache_name FROM cache_private.caches ORDER BY cache_name", database=database)
-                ["cache_name"])
+    """The caches of the catalog, by name, the guide's first (cheap: no scan of the entries)."""
+    return catalog.names(database or get_database())
 
 
 def cache_catalog(database: Database | None = None) -> list[dict[str, Any]]:
