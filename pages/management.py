@@ -151,7 +151,7 @@ def catalog_controls(listing: list[dict]) -> None:
         with ui.guard("what removing the cache would lose"):
             st.caption(impact_text(ui.read("clear_impact", cache=target), f"Removing {ui.cache_label(target)}")
                        + " Its wrapper, triggers and statistics are dropped too.")
-        sure = st.checkbox(f"Yes, remove {target}", key="remove_confirm")
+        sure = st.checkbox(f"Yes, remove {target}", key=f"remove_confirm_{target}")
         if st.button("Remove cache", key="remove_cache", type="primary", disabled=not sure):
             ui.run_action(f"Remove {ui.cache_label(target)}", lambda: ui.act("cache_remove", cache=target),
                           rerun=True)
