@@ -52,7 +52,7 @@ from cachelib import actions, apikeys, catalog, queries, review
 from cachelib.actions import ACTIONS, REGISTRY, actions_for
 from cachelib.config import TrustedProxies, parse_boolean, settings
 from cachelib.db import Database, get_database
-from cachelib.errors import CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
+from cachelib.errors import Busy, CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
 from cachelib.jsonsafe import plain
 from cachelib.maintenance import Actor, worst
 from cachelib.throttle import API, FailureThrottle, Throttled, address_subject, client_address
@@ -159,6 +159,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {400: "Bad input, or a query parameter given more than once",
                401: "Missing, malformed, unknown or revoked API key",
                403: "The key's role may not do this",
+               409: "Another transaction held what the action needs; nothing changed, try again (Retry-After)",
                429: "Too many failed API keys from this client address; see Retry-After",
                503: "The database is unavailable",
                500: "Internal error (no details are sent)"}
@@ -382,6 +383,10 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     async def _invalid(_request: Request, exc: InvalidInput):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(Busy)
+    async def _busy(_request: Request, exc: Busy):
+        return JSONResponse({"detail": str(exc)}, status_code=409, headers={"Retry-After": "5"})
+
     @app.exception_handler(PermissionDenied)
     async def _denied(_request: Request, exc: PermissionDenied):
         return JSONResponse({"detail": str(exc)}, status_code=403)
@@ -441,7 +446,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     @app.post(f"{ADMIN_PREFIX}/maintenance", response_model=ActionResultBody, tags=["admin"],
               summary="Run one maintenance action (admin key)",
               description="Actions and their parameters:\n\n" + "\n".join(f"- `{a.usage}`" for a in REGISTRY.values()),
-              responses=_errors(400, 401, 403, 429, 503, 500))
+              responses=_errors(400, 401, 403, 409, 429, 503, 500))
     def post_maintenance(
         actor: Actor = Depends(authenticated),
         action: str = Query(description="One of: " + ", ".join(ACTIONS), examples=list(ACTIONS)),

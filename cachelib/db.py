@@ -290,12 +290,16 @@ def translated(exc: psycopg.Error, url: str = "") -> Exception | None:
 
     The one place database errors are translated: 22xxx (22023, invalid parameter value, is what our
     SQL functions raise for bad input; its message already names the parameter) becomes InvalidInput,
-    a connection failure DatabaseUnavailable. translated_errors and the CacheManager both use it."""
-    from cachelib.errors import InvalidInput
+    a lock wait that ran out Busy, a connection failure DatabaseUnavailable. translated_errors and the
+    CacheManager both use it."""
+    from cachelib.errors import Busy, InvalidInput
 
     state = getattr(exc, "sqlstate", None) or ""
     if state.startswith("22"):
         return InvalidInput(exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc))
+    if state == "55P03":  # lock_not_available: lock_timeout ran out
+        return Busy("another transaction is using what this needs (a computation or a maintenance action still "
+                    "running); nothing was changed: try again in a moment")
     if isinstance(exc, psycopg.OperationalError) and is_connection_failure(exc):
         return unavailable_error(url, exc)
     return None

@@ -21,6 +21,11 @@ class MigrationError(CacheError):
     """A migration failed; the database was left as it was before that file."""
 
 
+class Busy(CacheError):
+    """Another transaction held a row or lock the action needs for longer than CACHE_LOCK_TIMEOUT;
+    nothing was changed, and trying again later may work."""
+
+
 class InvalidInput(CacheError):
     """A caller passed a parameter outside its documented range."""
 

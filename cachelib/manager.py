@@ -27,7 +27,7 @@ from cachelib import catalog
 from cachelib.catalog import Cache
 from cachelib.config import Settings, settings
 from cachelib.db import Database, get_database, set_clock, translated, translated_errors
-from cachelib.errors import InvalidInput
+from cachelib.errors import DatabaseUnavailable, InvalidInput
 
 log = logging.getLogger("cachelib.manager")
 
@@ -118,8 +118,8 @@ class CacheManager:
         try:
             text = self._execute(cached_sql, cached_params)
         except psycopg.Error as exc:
-            ours = translated(exc, self.database.url)  # bad input, or no database: a fallback cannot help
-            if ours is not None:
+            ours = translated(exc, self.database.url)
+            if isinstance(ours, InvalidInput | DatabaseUnavailable):  # a fallback cannot help with these
                 raise ours from None
             return self._fall_back(cache, direct, _reason(exc))
         try:

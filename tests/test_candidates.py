@@ -71,13 +71,29 @@ def traffic_url(statements_server):
     return url
 
 
+@pytest.fixture(scope="module")
+def traffic_database(traffic_url):
+    database = Database(traffic_url, Settings.from_env({}))
+    yield database
+    database.close()
+
+
+def find(url: str, **options) -> candidates.CandidatesReport:
+    """The candidates report of ``url``, through a pool of its own that is closed after."""
+    database = Database(url, Settings.from_env({}))
+    try:
+        return candidates.find_candidates(database, **options)
+    finally:
+        database.close()
+
+
 def run_cli(*args, url: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cachelib", *args], capture_output=True, text=True,
                           env={**os.environ, "DATABASE_URL": url}, timeout=120, cwd=PROJECT_ROOT)
 
 
 def test_lists_uncached_repeated_reads_and_leaves_out_what_is_cached(traffic_url):
-    report = candidates.find_candidates(Database(traffic_url, Settings.from_env({})), limit=50, min_mean_ms=0)
+    report = find(traffic_url, limit=50, min_mean_ms=0)
     assert report.available and report.stats_since is not None
     queries = [c.query for c in report.candidates]
     assert any("GROUP BY e.specialty" in q for q in queries), queries
@@ -93,8 +109,8 @@ def test_lists_uncached_repeated_reads_and_leaves_out_what_is_cached(traffic_url
     assert all(c.share_pct is not None and 0 <= c.share_pct <= 100 for c in report.candidates)
 
 
-def test_thresholds_and_limit(traffic_url):
-    database = Database(traffic_url, Settings.from_env({}))
+def test_thresholds_and_limit(traffic_url, traffic_database):
+    database = traffic_database
     assert len(candidates.find_candidates(database, limit=1, min_mean_ms=0).candidates) == 1
     assert all(c.calls >= 6 for c in candidates.find_candidates(database, min_calls=6, min_mean_ms=0).candidates)
     nothing = candidates.find_candidates(database, min_mean_ms=1e9)
@@ -112,7 +128,7 @@ def test_cli_text_and_json(traffic_url):
 
 def test_loaded_but_not_created_says_create_extension(statements_server):
     url = statements_server.create_database("candidates_no_ext", migrated=False)
-    report = candidates.find_candidates(Database(url, Settings.from_env({})))
+    report = find(url)
     assert not report.available and "CREATE EXTENSION pg_stat_statements;" in report.how_to_enable
     cli = run_cli("candidates", url=url)
     assert cli.returncode == 1
@@ -121,22 +137,22 @@ def test_loaded_but_not_created_says_create_extension(statements_server):
 
 def test_not_preloaded_says_shared_preload_libraries(pg15):
     url = pg15.fresh_database("candidates_not_loaded")
-    report = candidates.find_candidates(Database(url, Settings.from_env({})))
+    report = find(url)
     assert not report.available and "shared_preload_libraries" in report.how_to_enable
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_stat_statements")  # created, but the library is not loaded
-    report = candidates.find_candidates(Database(url, Settings.from_env({})))
+    report = find(url)
     assert not report.available and "restart PostgreSQL" in report.how_to_enable
 
 
 def test_not_installed_on_the_server(db_url):
-    report = candidates.find_candidates(Database(db_url, Settings.from_env({})))
+    report = find(db_url)
     assert not report.available and "pg_stat_statements is not installed on this PostgreSQL server" in report.message
     assert "contrib" in report.how_to_enable
 
 
-def test_a_candidate_the_owner_ran_becomes_a_cache_in_one_action(traffic_url):
-    database = Database(traffic_url, Settings.from_env({}))
+def test_a_candidate_the_owner_ran_becomes_a_cache_in_one_action(traffic_url, traffic_database):
+    database = traffic_database
     report = candidates.find_candidates(database, limit=50, min_mean_ms=0)
     expensive = next(c for c in report.candidates if "GROUP BY e.specialty" in c.query)
     assert expensive.by_owner
@@ -145,6 +161,10 @@ def test_a_candidate_the_owner_ran_becomes_a_cache_in_one_action(traffic_url):
     assert result.ok and result.details["cache"] == "sessions_by_specialty"
     assert {s["table"] for s in result.details["sources"]} == {"public.expert_sessions", "public.experts"}
     with psycopg.connect(traffic_url, autocommit=True) as conn:
+        grants = dict(conn.execute("""
+            SELECT r, has_function_privilege(r, 'public.sessions_by_specialty(integer)', 'EXECUTE')
+            FROM unnest(ARRAY['anon', 'authenticated', 'cache_admin']) r""").fetchall())
+        assert grants == {"anon": False, "authenticated": True, "cache_admin": True}
         cached = conn.execute("SELECT public.sessions_by_specialty_cached(90)").fetchone()[0]
         direct = conn.execute("SELECT public.sessions_by_specialty(90)").fetchone()[0]
         assert cached == direct and {row["specialty"] for row in direct}
@@ -158,8 +178,8 @@ def test_a_candidate_the_owner_ran_becomes_a_cache_in_one_action(traffic_url):
     assert not any("GROUP BY e.specialty" in q for q in listed)  # cached now
 
 
-def test_a_query_someone_else_ran_is_never_wrapped(traffic_url):
-    database = Database(traffic_url, Settings.from_env({}))
+def test_a_query_someone_else_ran_is_never_wrapped(traffic_url, traffic_database):
+    database = traffic_database
     with psycopg.connect(traffic_url, autocommit=True) as owner:
         owner.execute("DROP ROLE IF EXISTS cand_eve")
         owner.execute("CREATE ROLE cand_eve LOGIN IN ROLE authenticated")

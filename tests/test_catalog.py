@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from cachelib import actions, api, apikeys, catalog, config, queries, review, verify
 from cachelib.db import Database
-from cachelib.errors import InvalidInput, PermissionDenied
+from cachelib.errors import Busy, InvalidInput, PermissionDenied
 from cachelib.maintenance import Actor
 from cachelib.manager import CacheManager
 from tests.servers import login_url
@@ -412,6 +412,22 @@ def test_a_viewer_is_refused_and_audited(app_db, registered):
                            "ORDER BY id DESC LIMIT 1").fetchone()
     assert row == ("refused", "catalog-viewer (cli)")
     assert THIRD in queries.cache_names(app_db)
+
+
+def test_removing_a_cache_in_use_says_so_and_changes_nothing(app_db, registered):
+    """A computation of the cache still holds its row: the removal waits CACHE_LOCK_TIMEOUT, then is refused
+    as Busy (the API's 409), and the cache is left exactly as it was."""
+    impatient = Database(app_db.url, config.Settings.from_env({"CACHE_LOCK_TIMEOUT": "1s"}))
+    with psycopg.connect(app_db.url) as holder:
+        holder.execute("SELECT 1 FROM public.query_cache WHERE cache_name = %s FOR UPDATE", [THIRD])
+        with pytest.raises(Busy, match="nothing was changed"):
+            actions.run(impatient, ADMIN, "cache_remove", {"cache": THIRD})
+        holder.rollback()
+    impatient.close()
+    assert THIRD in queries.cache_names(app_db)
+    with psycopg.connect(app_db.url) as conn:
+        assert conn.execute("SELECT to_regprocedure('public.get_expert_session_counts_cached(bigint,interval)')"
+                            ).fetchone()[0] is not None
 
 
 @pytest.mark.parametrize("params, message", [

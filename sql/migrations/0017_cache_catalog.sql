@@ -575,7 +575,9 @@ BEGIN
                                                        COALESCE(v_types[1]::text, '')));
   EXECUTE pg_catalog.format('COMMENT ON FUNCTION %s IS %L', v_fn,
                             'Wrapped from a caching candidate: ' || pg_catalog.left(p_query, 400));
+  -- Like the guide's direct twins: the signed-in roles may call it (the application falls back to it).
   EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, anon', v_fn);
+  EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO authenticated, cache_admin, service_role', v_fn);
   RETURN v_fn;
 END
 $$;
