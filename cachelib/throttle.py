@@ -40,7 +40,7 @@ from psycopg import errors as pg_errors
 
 from cachelib.config import TrustedProxies, ip_address_of
 from cachelib.db import Database, get_database, translated_errors
-from cachelib.errors import CacheError, MigrationError
+from cachelib.errors import Busy, CacheError, MigrationError
 
 API = "api"
 LOGIN = "login"
@@ -179,7 +179,7 @@ class FailureThrottle:
                 if wait > self.max_wait:
                     refused = Throttled(math.ceil(wait), failures - 1)
                     raise psycopg.Rollback()  # a refused attempt is not counted and reserves nothing
-        except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected):
+        except (Busy, pg_errors.LockNotAvailable, pg_errors.DeadlockDetected):  # Busy: translated by db
             # So many attempts queue on one subject that this one could not even take its turn
             # within CACHE_LOCK_TIMEOUT: refuse it like any attempt that would wait too long.
             raise Throttled(max(1, math.ceil(self.max_wait)), None) from None
