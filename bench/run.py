@@ -62,16 +62,19 @@ def record(section, name, value, unit, baseline=None, baseline_name=None, goal=N
 
 # --- preparation ----------------------------------------------------------------
 
-def bench_url() -> str:
+def bench_url() -> tuple[str, Path | None]:
+    """The bench database's URL, and the embedded server's data directory when this run started it
+    (so that it is stopped again at the end; one that was running already is left running)."""
     if os.environ.get("BENCH_DATABASE_URL"):
-        return os.environ["BENCH_DATABASE_URL"]
+        return os.environ["BENCH_DATABASE_URL"], None
     settings = Settings.from_env({k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+    was_running = db.embedded_status(settings.data_dir).running
     status = db.start_embedded(settings.data_dir)
     admin = status.uri.replace(f"/{db.EMBEDDED_DATABASE}?", "/postgres?")
     with psycopg.connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
             conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    return status.uri.replace(f"/{db.EMBEDDED_DATABASE}?", f"/{BENCH_DB}?")
+    return status.uri.replace(f"/{db.EMBEDDED_DATABASE}?", f"/{BENCH_DB}?"), None if was_running else settings.data_dir
 
 
 def prepare(url: str) -> None:
@@ -493,7 +496,16 @@ def main():
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
-    url = bench_url()
+    url, started_server = bench_url()
+    try:
+        run(url, chosen, partial=bool(args.only))
+    finally:
+        if started_server is not None:
+            db.stop_embedded(started_server)
+            print(f"stopped the embedded server this run started ({started_server})")
+
+
+def run(url: str, chosen: list[str], partial: bool) -> None:
     started = time.perf_counter()
     prepare(url)
     with psycopg.connect(url) as conn:
@@ -504,10 +516,10 @@ def main():
         SECTIONS[name](url)
     info["seconds"] = round(time.perf_counter() - started, 1)
     # A partial run (--only) must not replace the full table the README shows.
-    target = RESULTS if not args.only else RESULTS.with_name("results-partial.json")
+    target = RESULTS if not partial else RESULTS.with_name("results-partial.json")
     target.write_text(json.dumps({"machine": info, "command": "make bench", "results": results}, indent=2,
                                  default=str) + "\n")
-    if not args.only:
+    if not partial:
         (ROOT / "bench" / "results.md").write_text(markdown_table(info))
     missed = [r["figure"] for r in results if r["met"] is False]
     print(f"\nwrote {target.relative_to(ROOT)} in {info['seconds']} s; goals missed: {missed or 'none'}")
