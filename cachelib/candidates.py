@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cachelib import catalog
 from cachelib.db import Database, get_database, translated_errors, value
 from cachelib.errors import InvalidInput
 
@@ -94,25 +93,18 @@ def _unavailable(reason: str) -> CandidatesReport:
     return CandidatesReport(False, "cannot list caching candidates: " + reason.split(":")[0], reason)
 
 
-def _wrapped_queryids(conn) -> list[int]:
-    """Candidates already wrapped into a cached function (none before 0017)."""
+def _already_cached(conn) -> tuple[list[str], list[int]]:
+    """What the catalog caches already: the plain names of every registered function and wrapper, and the
+    candidates wrapped into one (none before 0017)."""
     try:
         with conn.transaction():
-            return [r[0] for r in conn.execute(
-                "SELECT from_queryid FROM cache_private.caches WHERE from_queryid IS NOT NULL").fetchall()]
+            rows = conn.execute("SELECT function_signature, wrapper_signature, from_queryid "
+                                "FROM cache_private.caches").fetchall()
     except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
-        return []
-
-
-def _cached_names(conn) -> list[str]:
-    """The plain names of every registered cache's function and wrapper (none before 0017)."""
-    try:
-        with conn.transaction():
-            caches = catalog.read(conn)
-    except psycopg.errors.UndefinedTable:
-        return []
-    return [name.split(".")[-1].strip('"') for cache in caches if cache.callable
-            for name in (cache.function_name, cache.wrapper_name)]
+        return [], []
+    names = [signature.split("(", 1)[0].split(".")[-1].strip('"') for row in rows for signature in row[:2]
+             if signature]
+    return names, [row[2] for row in rows if row[2] is not None]
 
 
 def find_candidates(database: Database | None = None, limit: int = 10, min_calls: int = 2,
@@ -141,6 +133,7 @@ def find_candidates(database: Database | None = None, limit: int = 10, min_calls
         if not loaded:
             return _unavailable(NOT_LOADED)
         view, info = _views(conn, schema)
+        cached_names, wrapped = _already_cached(conn)
         try:
             stats_since = value(conn, f"SELECT stats_reset FROM {info}")
             total = value(conn, f"""SELECT sum(total_exec_time) FROM {view}
@@ -160,7 +153,7 @@ def find_candidates(database: Database | None = None, limit: int = 10, min_calls
                     ORDER BY total_exec_time DESC
                     LIMIT %(limit)s""",
                 {"min_calls": min_calls, "min_mean_ms": min_mean_ms, "read": READ_PATTERN, "write": WRITE_PATTERN,
-                 "exclude": exclude_pattern(_cached_names(conn)), "wrapped": _wrapped_queryids(conn),
+                 "exclude": exclude_pattern(cached_names), "wrapped": wrapped,
                  "limit": limit}).fetchall()
         except psycopg.errors.ObjectNotInPrerequisiteState:
             return _unavailable(NOT_LOADED)

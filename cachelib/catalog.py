@@ -21,7 +21,7 @@ from typing import Any
 
 from cachelib.config import Duration, Settings
 from cachelib.db import Database, get_database, translated_errors
-from cachelib.errors import InvalidInput
+from cachelib.errors import ConfigError, InvalidInput
 from cachelib.formats import cache_label as label
 
 CATALOG_SQL = """
@@ -197,8 +197,6 @@ def _split(seconds: int):
 
 def parse_duration(text: str | None, *, what: str = "duration") -> Duration:
     """An admin's duration ("15m", "1h30m"); raises InvalidInput with the accepted forms."""
-    from cachelib.errors import ConfigError
-
     try:
         return Duration.parse(text or "", setting=what)
     except ConfigError as exc:

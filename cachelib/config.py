@@ -229,10 +229,6 @@ def _duration(name: str, text: str) -> Duration:
     return Duration.parse(text, setting=name)
 
 
-def _text(name: str, text: str | None) -> str | None:
-    return text
-
-
 def _secret(name: str, text: str | None) -> SecretStr | None:
     return None if text is None else SecretStr(text)
 

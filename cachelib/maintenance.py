@@ -166,8 +166,6 @@ class Maintenance:
     def add_cache(self, actor: Actor, function: str, sources: str | list[str], duration: Duration,
                   name: str | None = None, description: str | None = None) -> ActionResult:
         """Register ``function`` as a cache (wrapper, triggers, grants); the SQL refuses what cannot be cached."""
-        if not (function or "").strip():
-            raise InvalidInput("give the function to cache, e.g. public.get_order_summary")
         for label, text in (("function", function), ("name", name), ("description", description)):
             _check_text(label, text)
         source_list = parse_sources(sources)

@@ -380,7 +380,7 @@ def test_verify_names_a_registered_function_that_was_dropped(app_db, registered)
         conn.execute("BEGIN")
         conn.execute("DROP FUNCTION public.get_expert_session_counts(bigint)")
         try:
-            check = verify.catalog_check(conn)
+            check = verify.catalog_check(conn, catalog.read(conn))
         finally:
             conn.execute("ROLLBACK")
     assert check.status == "fail" and f"cache {THIRD}: its function" in check.detail

@@ -53,8 +53,8 @@ def run_checks(url: str, *, allow_writes: bool = False, api_url: str | None = No
             run.add(Check(name, group, "skipped", "no usable database connection (see above)"))
     else:
         with conn:
-            database_checks(run, conn, url, config)
-            operations_checks(run, conn, url, config, allow_writes)
+            caches = database_checks(run, conn, url, config)
+            operations_checks(run, conn, url, config, allow_writes, caches)
     api_checks(run, api_url, api_key)
     dashboard_checks(run, dashboard_url)
     return run.checks

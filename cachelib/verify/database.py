@@ -46,9 +46,9 @@ ALL_FUNCTIONS = {**READ_FUNCTIONS, **ADMIN_FUNCTIONS}
 EXPECTED_CACHE_ROUTINES = sorted(name for name in ALL_FUNCTIONS if "cache" in name)
 
 
-def registered_wrappers(conn) -> dict[str, str]:
+def registered_wrappers(caches: list[catalog.Cache]) -> dict[str, str]:
     """name -> signature of the wrappers of caches registered after install (public schema)."""
-    return {cache.wrapper_name.split(".", 1)[1]: cache.wrapper for cache in catalog.read(conn)
+    return {cache.wrapper_name.split(".", 1)[1]: cache.wrapper for cache in caches
             if cache.callable and not cache.builtin and cache.wrapper_name.startswith("public.")}
 
 CACHE_TABLES = ("query_cache", "cache_cleanup_log")
@@ -89,15 +89,26 @@ def connect_check(run: Run, url: str, config: Settings) -> psycopg.Connection | 
     return conn
 
 
-def database_checks(run: Run, conn, url: str, config: Settings) -> None:
+def database_checks(run: Run, conn, url: str, config: Settings) -> list[catalog.Cache]:
+    """The database's checks; returns the catalog of caches (read once, for these and the operations)."""
     group = "database"
     run.guarded(group, "migrations", lambda: _migrations_check(conn, url))
-    run.guarded(group, "cache functions", lambda: _routines_check(conn))
-    run.guarded(group, "cache catalog", lambda: catalog_check(conn))
-    run.guarded(group, "invalidation triggers", lambda: _triggers_check(conn))
+    try:
+        caches, unreadable = catalog.read(conn), None
+    except psycopg.Error as exc:
+        caches, unreadable = [], exc
+    run.guarded(group, "cache functions", lambda: _routines_check(conn, caches))
+    if unreadable is None:
+        run.guarded(group, "cache catalog", lambda: catalog_check(conn, caches))
+    else:
+        reason = str(unreadable).strip().splitlines()[0] if str(unreadable).strip() else type(unreadable).__name__
+        run.add(Check("cache catalog", group, "fail", f"the cache catalog cannot be read: {reason}",
+                      "python -m cachelib migrate"))
+    run.guarded(group, "invalidation triggers", lambda: _triggers_check(conn, caches))
     run.guarded(group, "row-level security", lambda: _rls_check(conn))
-    run.guarded(group, "grants", lambda: _grants_checks(conn))
+    run.guarded(group, "grants", lambda: _grants_checks(conn, caches))
     run.guarded(group, "search_path pinned", lambda: _search_path_check(conn))
+    return caches
 
 
 def _migrations_check(conn, url: str) -> Check:
@@ -127,11 +138,11 @@ def _defined_in(function: str) -> str:
     return "sql/migrations"
 
 
-def _routines_check(conn) -> Check:
+def _routines_check(conn, caches: list[catalog.Cache]) -> Check:
     name, group = "cache functions", "database"
     rows = conn.execute(GUIDE_ROUTINES_SQL).fetchall()
     found = [r[0] for r in rows]
-    registered = registered_wrappers(conn)
+    registered = registered_wrappers(caches)
     expected = sorted([*EXPECTED_CACHE_ROUTINES, *registered])
     missing = [f for f in expected if f not in found]
     extra = sorted({f for f in found if f not in expected} | {f for f in found if found.count(f) > 1})
@@ -159,11 +170,10 @@ def _routines_check(conn) -> Check:
                  f"the guide's Step 1 query lists exactly {len(rows)} functions{also}, as expected")
 
 
-def catalog_check(conn) -> Check:
+def catalog_check(conn, caches: list[catalog.Cache]) -> Check:
     """Every registered cache's function and generated wrapper exist (a dropped function is not noticed
     by PostgreSQL: the wrapper calls it by name)."""
     name, group = "cache catalog", "database"
-    caches = catalog.read(conn)
     problems, fixes = [], []
     for cache in caches:
         if cache.function is None:
@@ -186,11 +196,11 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _triggers_check(conn) -> Check:
+def _triggers_check(conn, caches: list[catalog.Cache]) -> Check:
     """Every source of every cache in the catalog has its invalidation triggers, enabled."""
     name, group = "invalidation triggers", "database"
     problems, fixes, good, tables = [], [], 0, []
-    for cache in catalog.read(conn):
+    for cache in caches:
         for source in cache.sources:
             table, column = source["table"], source.get("column")
             repair = (f"SELECT cache_private.attach_source({_literal(cache.name)}, {_literal(table)}, "
@@ -241,11 +251,11 @@ def _rls_check(conn) -> Check:
                  f"{len(rows) - 2} in cache_private)")
 
 
-def _function_oids(conn) -> dict[str, tuple[int, str]]:
+def _function_oids(conn, caches: list[catalog.Cache]) -> dict[str, tuple[int, str]]:
     """name -> (oid, public.name(argtypes)) for the public functions that exist."""
     found = {}
     signatures = {**{function: f"public.{function}({args})" for function, args in ALL_FUNCTIONS.items()},
-                  **registered_wrappers(conn)}
+                  **registered_wrappers(caches)}
     for function, signature in signatures.items():
         oid = conn.execute("SELECT to_regprocedure(%s)::oid", (signature,)).fetchone()[0]
         if oid is not None:
@@ -253,9 +263,9 @@ def _function_oids(conn) -> dict[str, tuple[int, str]]:
     return found
 
 
-def _grants_checks(conn) -> list[Check]:
+def _grants_checks(conn, caches: list[catalog.Cache]) -> list[Check]:
     group = "database"
-    functions = _function_oids(conn)
+    functions = _function_oids(conn, caches)
     existing_roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY (%s)",
                                                  (list(ROLES),))}
     checks = []

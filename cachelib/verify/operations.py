@@ -24,18 +24,13 @@ def _rolled_back(conn) -> Iterator[None]:
         raise psycopg.Rollback()
 
 
-def operations_checks(run: Run, conn, url: str, config: Settings, allow_writes: bool) -> None:
+def operations_checks(run: Run, conn, url: str, config: Settings, allow_writes: bool,
+                      caches: list[catalog.Cache]) -> None:
     group = "operations"
     # The cached calls and the health analysis each run in a transaction that is rolled back: their
     # entries, hit/miss events and the roll-up into the hourly statistics leave no trace (verify must
     # not change what it measures).
-    try:
-        caches = [cache for cache in catalog.read(conn) if cache.callable]
-    except psycopg.Error as exc:
-        run.add(Check("cached calls", group, "fail", f"the cache catalog cannot be read: {exc}".strip(),
-                      "python -m cachelib migrate"))
-        caches = []
-    for cache in caches:
+    for cache in (cache for cache in caches if cache.callable):
         # The guide's caches must answer; a registered function may refuse NULL (all) by design.
         run.guarded(group, f"cached call: {cache.name}", lambda cache=cache: _cached_call_check(conn, cache, config),
                     fix="python -m cachelib maintenance health; check the function's grants and the server log",

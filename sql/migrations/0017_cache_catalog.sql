@@ -159,10 +159,9 @@ BEGIN
   END IF;
   -- pg_temp must be named, and last: where it is not named, PostgreSQL searches the session's
   -- temporary schema first for tables, so a caller's temporary table "orders" would be read instead.
-  SELECT pg_catalog.btrim((pg_catalog.regexp_split_to_array(pg_catalog.substr(c, pg_catalog.length('search_path=') + 1),
-                                                            '\s*,\s*'))[pg_catalog.array_length(
-                            pg_catalog.regexp_split_to_array(pg_catalog.substr(c, pg_catalog.length('search_path=') + 1),
-                                                             '\s*,\s*'), 1)], ' "') = 'pg_temp'
+  -- (the last entry: what follows the last comma, or the whole list when there is none)
+  SELECT pg_catalog.btrim(pg_catalog.regexp_replace(pg_catalog.substr(c, pg_catalog.length('search_path=') + 1),
+                                                    '^.*,', ''), ' "') = 'pg_temp'
   INTO v_search_path
   FROM pg_catalog.unnest(p.proconfig) c WHERE c LIKE 'search\_path=%';
   IF NOT COALESCE(v_search_path, false) THEN
@@ -348,18 +347,35 @@ BEGIN
 END
 $$;
 
--- What the catalog holds about one cache, as the actions return it.
+-- --- the read side -------------------------------------------------------------------------------
+
+-- Which caches exist and how each is called: what the application needs to call any cache,
+-- readable by every signed-in role (the application may connect as one). It runs with its
+-- owner's rights, so readers need no right on cache_private; nothing in it is secret.
+CREATE VIEW public.cache_catalog WITH (security_barrier) AS
+  SELECT c.cache_name, c.description, c.function_signature, c.wrapper_signature, c.key_type,
+         (SELECT p.proargnames[1] FROM pg_catalog.pg_proc p
+          WHERE p.oid = pg_catalog.to_regprocedure(c.function_signature) AND p.pronargs = 1) AS key_argument,
+         c.default_duration, c.duration_override, c.duration_setting, c.duration_changed_at, c.builtin,
+         c.registered_at,
+         COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('table', s.source_table, 'column', s.key_column)
+                                               ORDER BY s.source_table)
+                   FROM cache_private.cache_sources s WHERE s.cache_name = c.cache_name), '[]'::jsonb) AS sources
+  FROM cache_private.caches c;
+COMMENT ON VIEW public.cache_catalog IS
+  'The registered caches: function, wrapper, key type, durations and source tables (one row per cache).';
+REVOKE ALL ON public.cache_catalog FROM PUBLIC, anon, authenticated, service_role, cache_admin;
+GRANT SELECT ON public.cache_catalog TO authenticated, cache_admin, service_role;
+
+-- What the catalog holds about one cache, as the actions return it: its row of public.cache_catalog.
 CREATE FUNCTION cache_private.describe_cache(p_cache_name text) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   SELECT pg_catalog.jsonb_build_object(
     'cache', c.cache_name, 'function', c.function_signature, 'wrapper', c.wrapper_signature,
     'key_type', c.key_type, 'description', c.description,
     'default_duration', c.default_duration::text, 'duration_override', c.duration_override::text,
-    'duration_setting', c.duration_setting, 'builtin', c.builtin,
-    'sources', COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('table', s.source_table, 'column', s.key_column)
-                                                     ORDER BY s.source_table)
-                         FROM cache_private.cache_sources s WHERE s.cache_name = c.cache_name), '[]'::jsonb))
-  FROM cache_private.caches c WHERE c.cache_name = p_cache_name
+    'duration_setting', c.duration_setting, 'builtin', c.builtin, 'sources', c.sources)
+  FROM public.cache_catalog c WHERE c.cache_name = p_cache_name
 $$;
 
 -- --- the actions ---------------------------------------------------------------------------------
@@ -592,25 +608,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND c.relkind IN ('r', 'p')
 $$;
 
--- --- the read side -------------------------------------------------------------------------------
-
--- Which caches exist and how each is called: what the application needs to call any cache,
--- readable by every signed-in role (the application may connect as one). It runs with its
--- owner's rights, so readers need no right on cache_private; nothing in it is secret.
-CREATE VIEW public.cache_catalog WITH (security_barrier) AS
-  SELECT c.cache_name, c.description, c.function_signature, c.wrapper_signature, c.key_type,
-         (SELECT p.proargnames[1] FROM pg_catalog.pg_proc p
-          WHERE p.oid = pg_catalog.to_regprocedure(c.function_signature) AND p.pronargs = 1) AS key_argument,
-         c.default_duration, c.duration_override, c.duration_setting, c.duration_changed_at, c.builtin,
-         c.registered_at,
-         COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('table', s.source_table, 'column', s.key_column)
-                                               ORDER BY s.source_table)
-                   FROM cache_private.cache_sources s WHERE s.cache_name = c.cache_name), '[]'::jsonb) AS sources
-  FROM cache_private.caches c;
-COMMENT ON VIEW public.cache_catalog IS
-  'The registered caches: function, wrapper, key type, durations and source tables (one row per cache).';
-REVOKE ALL ON public.cache_catalog FROM PUBLIC, anon, authenticated, service_role, cache_admin;
-GRANT SELECT ON public.cache_catalog TO authenticated, cache_admin, service_role;
+-- --- who may run all this: the owner only ---------------------------------------------------------
 
 REVOKE ALL ON FUNCTION
   cache_private.refuse(text), cache_private.qualified(text), cache_private.cacheable_function(text),
