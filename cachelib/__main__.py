@@ -527,9 +527,11 @@ def config_cmd():
 
     settings = config.settings()
     for setting in config.SETTINGS:
-        secret = "PASSWORD" in setting.name or "KEY" in setting.name or setting.name == "DATABASE_URL"
         value = os.environ.get(setting.name) or setting.default
-        shown = "(set)" if secret and os.environ.get(setting.name) else (value if value is not None else "(unset)")
+        if setting.secret and os.environ.get(setting.name):
+            shown = "(set)"
+        else:
+            shown = value if value is not None else "(unset)"
         click.echo(f"{setting.name:32s} {shown!s:24s} {settings.sources[setting.name]:11s} {setting.meaning}")
 
 
@@ -746,6 +748,36 @@ def api_key_list(as_json: bool):
 
 
 # --- end HTTP API (api.py) -----------------------------------------------------
+
+
+# --- alert webhook (alerts.py) ---------------------------------------------------
+
+@cli.group("alerts")
+def alerts_group():
+    """Webhook notifications (CACHE_ALERT_WEBHOOK_URL, Slack-compatible) when the overall health changes."""
+
+
+@alerts_group.command("notify")
+@friendly_errors
+def alerts_notify():
+    """Tell the webhook the overall status of the last recorded health run if it changed since it was last
+    told (run it from cron after the cleanup); exits 1 when the webhook did not take it, and the next run
+    sends it again."""
+    from cachelib import alerts
+
+    click.echo(alerts.notify().message)
+
+
+@alerts_group.command("test")
+@friendly_errors
+def alerts_test():
+    """Post a test message to the webhook; exits 1 when it is unset or did not take the message."""
+    from cachelib import alerts
+
+    click.echo(alerts.send_test())
+
+
+# --- end alert webhook (alerts.py) -----------------------------------------------
 
 
 def main():

@@ -48,13 +48,13 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cachelib import actions, apikeys, catalog, queries, review
+from cachelib import actions, alerts, apikeys, catalog, queries, review
 from cachelib.actions import ACTIONS, REGISTRY, actions_for
 from cachelib.config import TrustedProxies, parse_boolean, settings
-from cachelib.db import Database, get_database
+from cachelib.db import Database, get_database, get_read_database
 from cachelib.errors import Busy, CacheError, DatabaseUnavailable, InvalidInput, PermissionDenied
 from cachelib.jsonsafe import plain
-from cachelib.maintenance import Actor, worst
+from cachelib.maintenance import SEVERITY, Actor, worst
 from cachelib.throttle import API, FailureThrottle, Throttled, address_subject, client_address
 
 log = logging.getLogger("cachelib.api")
@@ -302,6 +302,48 @@ class CacheCollector(Collector):
             last = max(datetime.fromisoformat(text) for text in cleanups)
             since.add_metric([], max(0.0, (datetime.now(UTC) - last).total_seconds()))
         yield since
+        yield from alerting_metrics(database)
+
+
+def alerting_metrics(database: Database):
+    """What the alert rules in deploy/prometheus need beyond the figures above: the target each cache's
+    hit ratio is held to, the last recorded health run (the one the webhook judges) and invalidations."""
+    target = GaugeMetricFamily("pgcache_hit_ratio_target", "Hit-ratio goal (0..1) a cache is held to now: its "
+                               "Week 1 target in the first 7 days after deployment, then its Month 1 target.",
+                               labels=["cache", "milestone"])
+    for goal in targets_in_effect(database):
+        target.add_metric([goal.cache_name, goal.milestone], goal.goal / 100.0)
+    yield target
+
+    run = alerts.recorded_health(database)
+    overall = GaugeMetricFamily("pgcache_health_status", "Overall health of the last recorded health run (every "
+                                "cleanup and health check records one): 0 ok, 1 warning, 2 critical.")
+    checks = GaugeMetricFamily("pgcache_health_check_status", "Each check of the last recorded health run: "
+                               "0 ok, 1 warning, 2 critical.", labels=["check"])
+    if run is not None:
+        overall.add_metric([], SEVERITY[run.overall])
+        for check in run.checks:
+            checks.add_metric([check["check_name"]], SEVERITY.get(check["status"], 0))
+    yield from (overall, checks)
+
+    # A counter that starts again at 00:00 UTC (its _created says when): rate() takes the reset in its stride.
+    since, counts = alerts.keys_invalidated_today(database)
+    invalidated = CounterMetricFamily("pgcache_invalidated_keys", "Keys invalidated by writes since 00:00 UTC "
+                                      "(the monthly review's count; starts again every UTC day).", labels=["cache"])
+    for name, keys in counts.items():
+        invalidated.add_metric([name], keys, created=since.timestamp())
+    yield invalidated
+
+
+def targets_in_effect(database: Database) -> list[queries.Target]:
+    """The hit-rate targets of the last milestone whose window has started (the first before any has);
+    Month 1's, the steady-state goals, stay in effect after its window."""
+    info = queries.deployment(database)
+    age = info.now - info.deployed_at
+    by_start = sorted(queries.WINDOWS, key=lambda name: queries.WINDOWS[name][0])
+    started = [name for name in by_start if queries.WINDOWS[name][0] <= age]
+    milestone = started[-1] if started else by_start[0]
+    return [t for t in queries.targets() if t.milestone == milestone and t.metric == "hit_rate"]
 
 
 # --- the application -------------------------------------------------------------------
@@ -325,8 +367,10 @@ def _short_reason(exc: DatabaseUnavailable) -> str:
 
 
 def create_app(database: Database | None = None, *, metrics_key_required: bool | None = None,
-               throttle: FailureThrottle | None = None, trusted_proxies: TrustedProxies | None = None) -> FastAPI:
-    """The API. ``database`` defaults to the configured one (looked up at the first request);
+               throttle: FailureThrottle | None = None, trusted_proxies: TrustedProxies | None = None,
+               read_database: Database | None = None) -> FastAPI:
+    """The API. ``database`` defaults to the configured one (looked up at the first request), the primary
+    for keys, throttles, the audit and actions; ``read_database`` (a hot standby) takes the reads;
     ``metrics_key_required`` to API_METRICS_REQUIRE_KEY; ``throttle`` to FailureThrottle();
     ``trusted_proxies`` to TRUSTED_PROXIES. Raises ConfigError for a bad setting."""
     require_key = metrics_require_key() if metrics_key_required is None else metrics_key_required
@@ -342,13 +386,22 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     )
     app.add_middleware(RefuseRepeatedParameters)
     app.state.database = database
+    app.state.read_database = read_database
     app.state.throttle = throttle
     app.state.metrics_key_required = require_key
 
     def current_database() -> Database:
+        """The primary: keys, throttles, the audit and every action."""
         if app.state.database is None:
             app.state.database = get_database()
         return app.state.database
+
+    def current_read_database() -> Database:
+        """Where the reads go: ``read_database``, else DATABASE_READ_URL's replica when the API was built
+        for the configured database, else the primary."""
+        if app.state.read_database is None:
+            app.state.read_database = get_read_database() if database is None else current_database()
+        return app.state.read_database
 
     async def authenticated(request: Request, _credentials=Security(bearer)) -> Actor:
         headers = request.headers.getlist("authorization")
@@ -418,7 +471,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
              responses=_errors(400, 401, 429, 503, 500))
     def get_metrics(actor: Actor = Depends(authenticated)):
         database = current_database()
-        report = metrics_report(database)
+        report = metrics_report(current_read_database())
         apikeys.audit(actor, "api_get_metrics", {"route": f"GET {ADMIN_PREFIX}/metrics"}, "ok",
                       {"caches": len(report["caches"])}, database=database)
         return report
@@ -428,7 +481,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
              responses=_errors(400, 401, 429, 503, 500))
     def get_caches(actor: Actor = Depends(authenticated)):
         database = current_database()
-        rows = catalog.listing(settings(), database)
+        rows = catalog.listing(settings(), current_read_database())
         apikeys.audit(actor, "api_get_caches", {"route": f"GET {ADMIN_PREFIX}/caches"}, "ok",
                       {"caches": len(rows)}, database=database)
         return {"caches": rows}
@@ -438,7 +491,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
              responses=_errors(400, 401, 429, 503, 500))
     def get_maintenance(actor: Actor = Depends(authenticated)):
         database = current_database()
-        report = maintenance_report(database, actor)
+        report = maintenance_report(current_read_database(), actor)
         apikeys.audit(actor, "api_get_maintenance", {"route": f"GET {ADMIN_PREFIX}/maintenance"}, "ok",
                       {"health": report["health"]["overall"]}, database=database)
         return report
@@ -481,7 +534,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
                             description="json, csv (daily rows per cache) or html (self-contained report)"),
     ):
         database = current_database()
-        data = review.build(review.parse_month(month) if month is not None else None, database)
+        data = review.build(review.parse_month(month) if month is not None else None, current_read_database())
         apikeys.audit(actor, "api_get_review", {"route": f"GET {ADMIN_PREFIX}/review", "month": month,
                                                 "format": output}, "ok", {"month": f"{data.period.month:%Y-%m}"},
                       database=database)
@@ -503,7 +556,7 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
                               "description": "Prometheus exposition"}, **_errors(400, 401, 429, 503, 500)})
     def prometheus_metrics(_actor: Actor | None = Depends(metrics_guard)):
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(CacheCollector(current_database))
+        registry.register(CacheCollector(current_read_database))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_model=HealthBody, tags=["monitoring"], summary="Liveness and database reachability",

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import sys
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -127,9 +128,11 @@ class Setting:
     name: str
     default: str | None
     meaning: str
+    secret: bool = False  # a SecretStr: shown as "(set)", never its value
 
 
 DEMO_TRAFFIC_MODES = ("auto", "on", "off")
+POOL_MODES = ("session", "transaction")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -152,22 +155,22 @@ def _path(text: str) -> Path:
     return path if path.is_absolute() else (_SOURCE_ROOT if IS_CHECKOUT else Path.cwd()) / path
 
 
-def _database_url(text: str | None) -> str | None:
+def _database_url(text: str | None, name: str = "DATABASE_URL") -> str | None:
     if text is None:
         return None
     expected = "expected postgresql://user:password@host:5432/dbname"
     if not re.match(r"^postgres(ql)?://", text) and "=" not in text:
-        raise ConfigError(f"DATABASE_URL is not a PostgreSQL connection string; {expected}")
+        raise ConfigError(f"{name} is not a PostgreSQL connection string; {expected}")
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     try:
         parts = conninfo_to_dict(text)
     except ProgrammingError:
-        raise ConfigError(f"DATABASE_URL is malformed; {expected}") from None
+        raise ConfigError(f"{name} is malformed; {expected}") from None
     ports = str(parts.get("port", "5432")).split(",")
     if not all(p.isdigit() and 0 < int(p) < 65536 for p in ports):
-        raise ConfigError(f"DATABASE_URL has an invalid port {parts.get('port')!r}; {expected}")
+        raise ConfigError(f"{name} has an invalid port {parts.get('port')!r}; {expected}")
     return text
 
 
@@ -248,6 +251,14 @@ class Settings(BaseModel):
 
     database_url: SecretStr | None = env("DATABASE_URL", None, "PostgreSQL 15+ connection URI. Unset: use the "
                                          "embedded server.", lambda n, t: _secret(n, _database_url(t)))
+    database_read_url: SecretStr | None = env("DATABASE_READ_URL", None, "A read replica (hot standby) of "
+                                              "DATABASE_URL. Set: the dashboard's and API's reads and cached calls "
+                                              "go there; actions, audit and throttles stay on DATABASE_URL.",
+                                              lambda n, t: _secret(n, _database_url(t, n)))
+    pool_mode: str = env("DATABASE_POOL_MODE", "session", "session: DATABASE_URL is a server or a session-mode "
+                         "pooler. transaction: a transaction-mode pooler (PgBouncer, Supavisor port 6543); timeouts "
+                         "are then set in each transaction and no statement is prepared.",
+                         lambda n, t: _choice(n, t, POOL_MODES))
     data_dir: Path = env("CACHELIB_DATA_DIR", ".data/pg", "Data directory of the embedded PostgreSQL server.",
                          lambda n, t: _path(t))
     expert_sessions_duration: Duration = env("CACHE_EXPERT_SESSIONS_DURATION", "5m",
@@ -298,6 +309,9 @@ class Settings(BaseModel):
                                           "whose X-Forwarded-For names the client for the API and the dashboard. "
                                           "Unset: the connecting address is the client.",
                                           lambda n, t: TrustedProxies.parse(t, setting=n))
+    alert_webhook_url: SecretStr | None = env("CACHE_ALERT_WEBHOOK_URL", None, "Slack-compatible incoming webhook "
+                                              "told when the overall health status changes (python -m cachelib "
+                                              "alerts notify). Unset: no notifications.", _secret)
     sources: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
 
     @field_validator("*", mode="before")
@@ -338,7 +352,8 @@ class Settings(BaseModel):
 
 # The single list of settings, in the order the docs show them: read off the declarations above.
 SETTINGS: tuple[Setting, ...] = tuple(
-    Setting(f.json_schema_extra["env"], f.json_schema_extra["default_text"], f.description)
+    Setting(f.json_schema_extra["env"], f.json_schema_extra["default_text"], f.description,
+            secret=SecretStr in typing.get_args(f.annotation))
     for f in Settings.model_fields.values() if f.json_schema_extra)
 
 

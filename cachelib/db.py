@@ -141,14 +141,35 @@ def describe_url(url: str) -> str:
     return make_conninfo(**parts)
 
 
+def timeouts_ms(config: Settings) -> dict[str, int]:
+    """The server settings every connection of ours runs with, in milliseconds."""
+    return {"statement_timeout": int(config.statement_timeout.seconds * 1000),
+            "lock_timeout": int(config.lock_timeout.seconds * 1000)}
+
+
+def behind_transaction_pooler(config: Settings) -> bool:
+    return config.pool_mode == "transaction"
+
+
 def connection_kwargs(config: Settings) -> dict:
-    statement_ms = config.statement_timeout.seconds * 1000
-    lock_ms = config.lock_timeout.seconds * 1000
-    return {
-        "connect_timeout": config.connect_timeout.seconds,
-        "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}",
-        "application_name": "pgcache-admin",
-    }
+    """How to open a connection. A transaction-mode pooler hands each transaction to whichever server
+    connection is free: a startup ``options`` is refused (PgBouncer) or applies to one server connection
+    only, and a statement prepared in one transaction is unknown in the next. There, the timeouts are set
+    in every transaction instead (Database.connection) and psycopg prepares nothing."""
+    kwargs = {"connect_timeout": config.connect_timeout.seconds, "application_name": "pgcache-admin"}
+    if behind_transaction_pooler(config):
+        kwargs["prepare_threshold"] = None
+    else:
+        kwargs["options"] = " ".join(f"-c {name}={ms}" for name, ms in timeouts_ms(config).items())
+    return kwargs
+
+
+def apply_timeouts_to_transaction(conn: psycopg.Connection, config: Settings) -> None:
+    """Set the timeouts for the transaction ``conn`` is in (what a transaction-mode pooler keeps)."""
+    limits = timeouts_ms(config)
+    conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true), "
+                 "pg_catalog.set_config('lock_timeout', %s, true)",
+                 (str(limits["statement_timeout"]), str(limits["lock_timeout"])))
 
 
 def unavailable_error(url: str, exc: Exception) -> DatabaseUnavailable:
@@ -202,7 +223,14 @@ class Database:
         pool = self._get_pool()
         try:
             with pool.connection() as conn:
-                yield conn
+                if behind_transaction_pooler(self.config):
+                    # One transaction per borrow, so the pooler keeps one server connection for it and
+                    # the timeouts hold for everything done with it (callers' own transactions nest).
+                    with conn.transaction():
+                        apply_timeouts_to_transaction(conn, self.config)
+                        yield conn
+                else:
+                    yield conn
         except PoolTimeout:
             raise self._reason_unavailable() from None
         except psycopg.OperationalError as exc:
@@ -245,6 +273,17 @@ def is_connection_failure(exc: psycopg.Error) -> bool:
 
 _databases: dict[str, Database] = {}
 _databases_lock = threading.Lock()
+
+
+def read_database_url(config: Settings | None = None) -> str | None:
+    """DATABASE_READ_URL (a hot standby for reads), or None when reads go to DATABASE_URL."""
+    config = config or settings()
+    return config.secret("database_read_url") if config.database_read_url else None
+
+
+def get_read_database(config: Settings | None = None) -> Database:
+    """The shared pool for reads: the replica when DATABASE_READ_URL is set, else the primary's."""
+    return get_database(read_database_url(config))
 
 
 def get_database(url: str | None = None) -> Database:

@@ -26,7 +26,7 @@ import psycopg
 from cachelib import catalog
 from cachelib.catalog import Cache
 from cachelib.config import Settings, settings
-from cachelib.db import Database, get_database, set_clock, translated, translated_errors
+from cachelib.db import Database, get_database, get_read_database, set_clock, translated, translated_errors
 from cachelib.errors import DatabaseUnavailable, InvalidInput
 
 log = logging.getLogger("cachelib.manager")
@@ -65,13 +65,30 @@ def calls(cache: Cache, key: Any, duration: str) -> tuple[tuple[str, tuple], tup
             (f"SELECT {cache.function_name}(%s::{cache.key_type})::text", (key,)))
 
 
+# Reads a replica served are forwarded to the primary in batches of at most this many, at least this
+# often while calls come in; at most FORWARD_BACKLOG wait when the primary cannot take them.
+FORWARD_BATCH = 500
+FORWARD_SECONDS = 1.0
+FORWARD_BACKLOG = 10_000
+
+
 class CacheManager:
-    """Serves the cached functions; safe to share between threads."""
+    """Serves the cached functions; safe to share between threads.
+
+    With a ``read_database`` (a hot standby; by default DATABASE_READ_URL when no ``database`` is given)
+    the cached calls run there: hits are served, misses computed and not stored, and each read the
+    standby could not count is forwarded to ``database``, the primary (``flush_replica_reads``)."""
 
     def __init__(self, database: Database | None = None, config: Settings | None = None,
-                 clock: Callable[[], datetime] | None = None):
-        self.database = database or get_database()
+                 clock: Callable[[], datetime] | None = None, read_database: Database | None = None):
         self.config = config or settings()
+        if database is None and read_database is None and self.config.database_read_url:
+            read_database = get_read_database(self.config)
+        self.database = database or get_database()
+        self.reads = read_database or self.database
+        self._uncounted: list[str] = []
+        self._uncounted_dropped = 0
+        self._forwarded_at = time.monotonic()
         # The demo traffic generator replays history: it moves the SQL clock per call.
         self.clock = clock
         self._fallbacks: Counter[str] = Counter()
@@ -116,9 +133,9 @@ class CacheManager:
         if not self.config.cache_enabled:
             return self._run(*direct)
         try:
-            text = self._execute(cached_sql, cached_params)
+            text = self._cached_call(cached_sql, cached_params)
         except psycopg.Error as exc:
-            ours = translated(exc, self.database.url)
+            ours = translated(exc, self.reads.url)
             if isinstance(ours, InvalidInput | DatabaseUnavailable):  # a fallback cannot help with these
                 raise ours from None
             return self._fall_back(cache, direct, _reason(exc))
@@ -154,17 +171,70 @@ class CacheManager:
             log.warning("could not record the fallback in the database: %s", _reason(exc))
 
     def _run(self, sql: str, params: tuple) -> Any:
-        with translated_errors(self.database.url):
-            text = self._execute(sql, params)
+        """A direct query, where the reads go."""
+        with translated_errors(self.reads.url):
+            text = self._execute(sql, params, self.reads)
         return orjson.loads(text) if text is not None else []
 
-    def _execute(self, sql: str, params: tuple):
-        with self.database.connection() as conn:
+    def _cached_call(self, sql: str, params: tuple) -> str | None:
+        if self.reads is self.database:
+            return self._execute(sql, params, self.database)
+        # The read the standby could not count is in cachelib.uncounted by the end of the call; OFFSET 0
+        # makes the call run before the setting is read.
+        text, note = self._execute(f"SELECT t.v, pg_catalog.current_setting('cachelib.uncounted', true) "
+                                   f"FROM ({sql} OFFSET 0) AS t(v)", params, self.reads, whole_row=True)
+        if note:
+            self._forward_later(note)
+        return text
+
+    def _execute(self, sql: str, params: tuple, database: Database | None = None, whole_row: bool = False):
+        with (database or self.database).connection() as conn:
             if self.clock is None:
-                return conn.execute(sql, params).fetchone()[0]
-            with conn.transaction():
-                set_clock(conn, self.clock())
-                return conn.execute(sql, params).fetchone()[0]
+                row = conn.execute(sql, params).fetchone()
+            else:
+                with conn.transaction():
+                    set_clock(conn, self.clock())
+                    row = conn.execute(sql, params).fetchone()
+        return row if whole_row else row[0]
+
+    # --- reads a replica served, counted on the primary ------------------------------------
+
+    def _forward_later(self, note: str) -> None:
+        with self._lock:
+            self._uncounted.append(note)
+            if len(self._uncounted) > FORWARD_BACKLOG:  # the primary has been refusing them for a while
+                del self._uncounted[0]
+                self._uncounted_dropped += 1
+            due = (len(self._uncounted) >= FORWARD_BATCH
+                   or time.monotonic() - self._forwarded_at >= FORWARD_SECONDS)
+        if due:
+            self.flush_replica_reads()
+
+    def flush_replica_reads(self) -> int:
+        """Forward the reads the replica served and could not count to the primary; returns how many.
+        A primary that refuses keeps them waiting for the next try (at most FORWARD_BACKLOG). Call it
+        before the process ends: what is still waiting then is not counted."""
+        forwarded = 0
+        while True:
+            with self._lock:
+                batch, self._uncounted = self._uncounted[:FORWARD_BATCH], self._uncounted[FORWARD_BATCH:]
+                self._forwarded_at = time.monotonic()
+            if not batch:
+                return forwarded
+            try:
+                self._execute("SELECT public.record_replica_reads(%s::jsonb)", ("[" + ",".join(batch) + "]",))
+            except (psycopg.Error, DatabaseUnavailable) as exc:
+                with self._lock:
+                    self._uncounted[:0] = batch
+                log.warning("could not count %d reads of the replica on the primary (kept for the next try): %s",
+                            len(batch), _reason(exc) if isinstance(exc, psycopg.Error) else exc)
+                return forwarded
+            forwarded += len(batch)
+
+    def replica_reads_waiting(self) -> tuple[int, int]:
+        """(reads waiting to be forwarded, reads dropped because the primary refused too many)."""
+        with self._lock:
+            return len(self._uncounted), self._uncounted_dropped
 
 
 _JSON_KINDS = ((type(None), "null"), (bool, "a boolean"), (int, "a number"), (float, "a number"),

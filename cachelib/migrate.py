@@ -107,9 +107,17 @@ def apply(url: str, migrations_dir: Path = MIGRATIONS_DIR) -> MigrationReport:
             for migration in todo:
                 _apply_one(backend, migration)
                 applied.append(migration.id)
+            _forget_other_cluster(backend)
         return MigrationReport(applied, len(migrations) - len(applied))
     finally:
         backend.connection.close()
+
+
+def _forget_other_cluster(backend) -> None:
+    """After a dump is restored into another cluster, its entries' transaction ids mean nothing here:
+    forget them now, before the application writes (0020; roll-ups and cleanups also check)."""
+    with backend.connection.cursor() as cursor:
+        cursor.execute("SELECT cache_private.forget_other_cluster()")
 
 
 def _apply_one(backend, migration) -> None:

@@ -20,7 +20,7 @@ import streamlit as st
 
 from cachelib import auth, queries
 from cachelib.config import settings
-from cachelib.db import database_url, get_database
+from cachelib.db import database_url, get_database, read_database_url
 from cachelib.errors import CacheError, DatabaseUnavailable
 from cachelib.formats import (  # noqa: F401  (the pages format and label through ui)
     CACHE_COLORS,
@@ -102,9 +102,15 @@ def _cached_read(name: str, url: str, kwargs: tuple[tuple[str, Any], ...]) -> An
     return getattr(queries, name)(database=get_database(url), **dict(kwargs))
 
 
+def reads_url() -> str:
+    """Where the dashboard reads: DATABASE_READ_URL's replica when set, else the configured database.
+    Actions (``act``) always go to the primary."""
+    return read_database_url() or database_url()
+
+
 def read(name: str, **kwargs) -> Any:
-    """``cachelib.queries.<name>(**kwargs)`` on the configured database, cached for a few seconds."""
-    return _cached_read(name, database_url(), tuple(sorted(kwargs.items())))
+    """``cachelib.queries.<name>(**kwargs)`` where the reads go, cached for a few seconds."""
+    return _cached_read(name, reads_url(), tuple(sorted(kwargs.items())))
 
 
 def prefetch(*reads: str | tuple[str, dict[str, Any]]) -> None:
@@ -118,7 +124,7 @@ def prefetch(*reads: str | tuple[str, dict[str, Any]]) -> None:
     from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
     ctx = get_script_run_ctx()
-    url = database_url()
+    url = reads_url()
     calls = [(read, {}) if isinstance(read, str) else read for read in reads]
 
     def warm(call: tuple[str, dict[str, Any]]) -> None:

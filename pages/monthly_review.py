@@ -130,14 +130,12 @@ def downloads(data: review.MonthlyReview, url: str) -> None:
 
 
 with ui.guard("the monthly review"):
-    from cachelib.db import database_url
-
     deployment = ui.read("deployment")
     choices = review.months(deployment.deployed_at, deployment.now)
     default = review.default_month(deployment.deployed_at, deployment.now)
     month = st.selectbox("Month", choices, index=choices.index(default), key="review_month",
                          format_func=lambda m: review.period(m, deployment.deployed_at, deployment.now).title)
-    url = database_url()
+    url = ui.reads_url()
     data = build_review(month, url)
     span = data.period
     st.caption(f"{span.title}: {span.span} (UTC)"

@@ -131,3 +131,98 @@ def login_url(url: str, user: str) -> str:
     parts.pop("password", None)
     parts["user"] = user
     return make_conninfo(**parts)
+
+
+PGBOUNCER = Path("/usr/sbin/pgbouncer")
+
+
+@dataclass
+class PgBouncer:
+    """Debian's PgBouncer in transaction mode in front of one PostgreSQL, on a local TCP port."""
+
+    work: Path
+    port: int
+    process: subprocess.Popen
+
+    def url(self, dbname: str, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def start_pgbouncer(server: Pg15, users: tuple[str, ...] = ("postgres",), pool_size: int = 4) -> PgBouncer:
+    """PgBouncer in transaction mode for every database of ``server`` (trusting ``users``), with a small
+    server pool so that clients really share server connections; waits until it answers."""
+    work = Path(tempfile.mkdtemp(prefix="pgbouncer_"))
+    port = free_port()
+    (work / "users.txt").write_text("".join(f'"{user}" ""\n' for user in users))
+    (work / "pgbouncer.ini").write_text(f"""[databases]
+* = host={server.work} port={server.port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {work / 'users.txt'}
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 200
+logfile = {work / 'pgbouncer.log'}
+""")
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres", "postgres")
+        for path in work.iterdir():
+            shutil.chown(path, "postgres", "postgres")
+    process = subprocess.Popen(as_postgres([str(PGBOUNCER), str(work / "pgbouncer.ini")]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    bouncer = PgBouncer(work, port, process)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            psycopg.connect(bouncer.url("postgres"), prepare_threshold=None).close()
+            return bouncer
+        except psycopg.OperationalError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = (work / "pgbouncer.log").read_text() if (work / "pgbouncer.log").exists() else ""
+                bouncer.stop()
+                raise RuntimeError(f"PgBouncer did not start:\n{log}{process.stderr.read().decode()}") from None
+            time.sleep(0.1)
+
+
+def start_standby(primary: Pg15) -> Pg15:
+    """A streaming hot standby of ``primary`` (pg_basebackup -R), on its own socket and port; waits until it
+    accepts read-only connections. initdb's trust rules already let local sockets replicate."""
+    work = Path(tempfile.mkdtemp(prefix="pgc15_standby_"))
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres", "postgres")
+    data = work / "data"
+    subprocess.run(as_postgres([str(PG15_BIN / "pg_basebackup"), "-h", str(primary.work), "-p", str(primary.port),
+                                "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "-c", "fast"]),
+                   check=True, capture_output=True)
+    port = free_port()
+    started = subprocess.run(as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data), "-o",
+                                          f"-k {work} -h '' -p {port}", "-l", str(work / "log"), "-w", "start"]),
+                             capture_output=True, text=True)
+    if started.returncode != 0:
+        log = (work / "log").read_text() if (work / "log").exists() else started.stderr
+        shutil.rmtree(work, ignore_errors=True)
+        raise RuntimeError(f"the standby did not start:\n{log}")
+    return Pg15(work, port)
+
+
+def wait_for_replay(primary_url: str, standby_url: str, timeout: float = 20.0) -> None:
+    """Return once the standby has replayed everything the primary had written when this was called."""
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(standby_url, autocommit=True) as conn:
+        while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the standby did not catch up"
+            time.sleep(0.05)

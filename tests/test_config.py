@@ -109,13 +109,23 @@ def test_trusted_proxies_refuse_nonsense_and_trusting_everyone(value, fragment):
     assert str(err.value).startswith(f"TRUSTED_PROXIES={value!r}") and fragment in str(err.value)
 
 
+SECRETS = {"DATABASE_URL": "postgresql://app:db-pass-7731@db.internal:5432/app",
+           "DATABASE_READ_URL": "postgresql://app:replica-pass-6642@replica.internal:5432/app",
+           "DASHBOARD_COOKIE_KEY": "cookie-key-5519-0123456789", "DASHBOARD_ADMIN_PASSWORD": "admin-pass-4410",
+           "DASHBOARD_VIEWER_PASSWORD": "viewer-pass-8820",
+           "CACHE_ALERT_WEBHOOK_URL": "https://hooks.example.invalid/services/T0/B0/webhook-3390"}
+SECRET_MARKERS = ("db-pass-7731", "6642", "5519", "4410", "8820", "3390")
+
+
+def test_every_secret_setting_is_in_the_attack_list():
+    assert {s.name for s in SETTINGS if s.secret} == set(SECRETS)
+
+
 def test_secrets_never_show_in_a_repr_or_a_dump():
-    secrets = {"DATABASE_URL": "postgresql://app:db-pass-7731@db.internal:5432/app",
-               "DASHBOARD_COOKIE_KEY": "cookie-key-5519-0123456789", "DASHBOARD_ADMIN_PASSWORD": "admin-pass-4410",
-               "DASHBOARD_VIEWER_PASSWORD": "viewer-pass-8820"}
+    secrets = SECRETS
     settings = Settings.from_env(secrets)
     for shown in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.model_dump())):
-        assert not any(marker in shown for marker in ("db-pass-7731", "5519", "4410", "8820")), shown
+        assert not any(marker in shown for marker in SECRET_MARKERS), shown
     assert settings.secret("database_url") == secrets["DATABASE_URL"]
     assert settings.secret("admin_password") == "admin-pass-4410"
     assert Settings.from_env({}).secret("cookie_key") is None
@@ -126,3 +136,20 @@ def test_each_setting_is_declared_once_and_listed_in_order():
     names = [f.validation_alias for f in fields]
     assert names == [s.name for s in SETTINGS] and len(set(names)) == len(names)
     assert all(s.meaning for s in SETTINGS)
+
+
+def test_the_config_command_shows_that_a_secret_is_set_never_its_value(monkeypatch):
+    from click.testing import CliRunner
+
+    from cachelib import config
+    from cachelib.__main__ import cli
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(config, "_cached", None)
+    try:
+        shown = CliRunner().invoke(cli, ["config"]).output
+    finally:
+        monkeypatch.setattr(config, "_cached", None)
+    assert not any(marker in shown for marker in SECRET_MARKERS), shown
+    assert all(f"{name}" in shown for name in SECRETS) and shown.count("(set)") == len(SECRETS)

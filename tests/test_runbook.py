@@ -121,8 +121,9 @@ def test_the_runbook_covers_what_operators_need():
                     "## 3. Emergency procedures", "### Turn caching off", "### What a fallback looks like",
                     "### Low hit rate", "### Many expired entries", "### Cache errors in the logs",
                     "### Dashboard not loading", "### Slow cache operations", "### Memory and storage usage",
-                    "### Managed PostgreSQL", "### Read replicas for dashboard reads",
-                    "### Partitioning the statistics table", "### Several dashboard replicas behind a load balancer"):
+                    "### Managed PostgreSQL", "### Behind a transaction pooler", "### Read replicas",
+                    "### Dump and restore", "### Partitioning the statistics table",
+                    "### Several dashboard and API replicas", "### Alerting"):
         assert heading in text, heading
     assert "Supabase" in text and "CACHE_ENABLED=false" in text and "DASHBOARD_COOKIE_KEY" in text
     # The fallback line quoted is the one the manager logs.
