@@ -257,9 +257,7 @@ class CacheCollector(Collector):
     def collect(self):
         database = self._database()
         overview = _records(queries.overview(database))
-        totals = queries.hit_rate_series(3650, "week", None, database)
-        by_cache = (totals.groupby("cache_name")[["hits", "misses", "fallbacks"]].sum()
-                    if not totals.empty else pd.DataFrame(columns=["hits", "misses", "fallbacks"]))
+        by_cache = queries.lifetime_totals(database).set_index("cache_name")
 
         def gauge(name, doc, labels=("cache",)):
             return GaugeMetricFamily(name, doc, labels=list(labels))
@@ -272,11 +270,12 @@ class CacheCollector(Collector):
                       ("cache", "window"))
         load = gauge("pgcache_load_reduction_ratio", "Share (0..1) of query time avoided over the last 30 days.")
         fallbacks_7d = gauge("pgcache_fallbacks_7d", "Fallbacks to the direct query in the last 7 days.")
-        hits = CounterMetricFamily("pgcache_hits", "Cache hits over the kept statistics history.", labels=["cache"])
-        misses = CounterMetricFamily("pgcache_misses", "Cache misses over the kept statistics history.",
+        hits = CounterMetricFamily("pgcache_hits", "Cache hits since the cache was first counted (never lowered "
+                                   "by the statistics retention).", labels=["cache"])
+        misses = CounterMetricFamily("pgcache_misses", "Cache misses since the cache was first counted.",
                                      labels=["cache"])
-        fallbacks = CounterMetricFamily("pgcache_fallbacks", "Fallbacks to the direct query over the kept "
-                                        "statistics history.", labels=["cache"])
+        fallbacks = CounterMetricFamily("pgcache_fallbacks", "Fallbacks to the direct query since the cache was "
+                                        "first counted.", labels=["cache"])
         for row in overview:
             name = row["cache_name"]
             entries.add_metric([name], row["entries"] or 0)

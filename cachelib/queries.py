@@ -135,6 +135,13 @@ def fallback_reasons(database: Database | None = None) -> pd.DataFrame:
                   database=database, rollup=True)
 
 
+def lifetime_totals(database: Database | None = None) -> pd.DataFrame:
+    """Per cache since it was first counted: cache_name, hits, misses, fallbacks, counting_since. Never lowered
+    by the statistics retention (0021): what Prometheus counters need."""
+    return _frame("SELECT cache_name, hits, misses, fallbacks, counting_since "
+                  "FROM cache_private.cache_lifetime_totals ORDER BY cache_name", database=database, rollup=True)
+
+
 def audit_log(limit: int = 100, database: Database | None = None) -> pd.DataFrame:
     """Maintenance actions, newest first: at, actor, actor_role, action, parameters, outcome, result,
     duration_ms."""

@@ -92,26 +92,36 @@ class Pg15:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def start_pg15(settings: dict[str, str] | None = None) -> Pg15:
-    """initdb and start a PostgreSQL 15 with extra postgresql.conf ``settings``; waits until it answers."""
-    work = Path(tempfile.mkdtemp(prefix="pgc15_"))
+def _work_directory(prefix: str) -> Path:
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         shutil.chown(work, "postgres", "postgres")
+    return work
+
+
+def _start_cluster(work: Path, what: str) -> Pg15:
+    """pg_ctl start the cluster in ``work``/data on a unix socket in ``work`` and a free port."""
+    port = free_port()
+    started = subprocess.run(as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(work / "data"), "-o",
+                                          f"-k {work} -h '' -p {port}", "-l", str(work / "log"), "-w", "start"]),
+                             capture_output=True, text=True)
+    if started.returncode != 0:
+        log = (work / "log").read_text() if (work / "log").exists() else started.stderr
+        shutil.rmtree(work, ignore_errors=True)
+        raise RuntimeError(f"{what} did not start:\n{log}")
+    return Pg15(work, port)
+
+
+def start_pg15(settings: dict[str, str] | None = None) -> Pg15:
+    """initdb and start a PostgreSQL 15 with extra postgresql.conf ``settings``; waits until it answers."""
+    work = _work_directory("pgc15_")
     data = work / "data"
     subprocess.run(as_postgres([str(PG15_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                                 "-E", "UTF8"]), check=True, capture_output=True)
     if settings:
         with open(data / "postgresql.conf", "a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
-    port = free_port()
-    started = subprocess.run(as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data), "-o",
-                                          f"-k {work} -h '' -p {port}", "-l", str(work / "log"), "-w", "start"]),
-                             capture_output=True, text=True)
-    if started.returncode != 0:
-        log = (work / "log").read_text() if (work / "log").exists() else started.stderr
-        shutil.rmtree(work, ignore_errors=True)
-        raise RuntimeError(f"PostgreSQL 15 did not start:\n{log}")
-    server = Pg15(work, port)
+    server = _start_cluster(work, "PostgreSQL 15")
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -199,22 +209,11 @@ logfile = {work / 'pgbouncer.log'}
 def start_standby(primary: Pg15) -> Pg15:
     """A streaming hot standby of ``primary`` (pg_basebackup -R), on its own socket and port; waits until it
     accepts read-only connections. initdb's trust rules already let local sockets replicate."""
-    work = Path(tempfile.mkdtemp(prefix="pgc15_standby_"))
-    if os.geteuid() == 0:
-        shutil.chown(work, "postgres", "postgres")
-    data = work / "data"
+    work = _work_directory("pgc15_standby_")
     subprocess.run(as_postgres([str(PG15_BIN / "pg_basebackup"), "-h", str(primary.work), "-p", str(primary.port),
-                                "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "-c", "fast"]),
+                                "-U", "postgres", "-D", str(work / "data"), "-R", "-X", "stream", "-c", "fast"]),
                    check=True, capture_output=True)
-    port = free_port()
-    started = subprocess.run(as_postgres([str(PG15_BIN / "pg_ctl"), "-D", str(data), "-o",
-                                          f"-k {work} -h '' -p {port}", "-l", str(work / "log"), "-w", "start"]),
-                             capture_output=True, text=True)
-    if started.returncode != 0:
-        log = (work / "log").read_text() if (work / "log").exists() else started.stderr
-        shutil.rmtree(work, ignore_errors=True)
-        raise RuntimeError(f"the standby did not start:\n{log}")
-    return Pg15(work, port)
+    return _start_cluster(work, "the standby")
 
 
 def wait_for_replay(primary_url: str, standby_url: str, timeout: float = 20.0) -> None:

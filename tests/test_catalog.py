@@ -32,14 +32,15 @@ ADMIN = Actor("catalog-admin", "admin", "cli")
 VIEWER = Actor("catalog-viewer", "viewer", "cli")
 THIRD = "expert_session_counts"
 
-FUNCTIONS = """
+THIRD_FUNCTION = """
 CREATE FUNCTION public.get_expert_session_counts(p_expert_id bigint DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
   SELECT COALESCE(jsonb_agg(jsonb_build_object('expert_id', expert_id, 'sessions', n) ORDER BY expert_id), '[]')
   FROM (SELECT expert_id, count(*) AS n FROM expert_sessions
         WHERE p_expert_id IS NULL OR expert_id = p_expert_id GROUP BY expert_id) t
 $$;
-CREATE FUNCTION public.get_order_total() RETURNS jsonb
+"""
+FUNCTIONS = THIRD_FUNCTION + """CREATE FUNCTION public.get_order_total() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
   SELECT jsonb_build_array(jsonb_build_object('orders', count(*))) FROM orders
 $$;

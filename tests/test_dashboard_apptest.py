@@ -90,6 +90,15 @@ def texts(at: AppTest, kind: str) -> list[str]:
     return [str(e.value) for e in getattr(at, kind)]
 
 
+def render_every_page(at: AppTest) -> None:
+    """Switch ``at`` to every page: each renders its title, with no exception and no error box."""
+    for page, title in PAGES.items():
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert texts(at, "title") == [title], (page, texts(at, "error"))
+        assert not at.error, (page, texts(at, "error"))
+
+
 def submit(at: AppTest, label: str) -> AppTest:
     [button] = [b for b in at.button if b.label == label]
     return button.click().run()

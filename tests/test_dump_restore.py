@@ -43,16 +43,8 @@ from psycopg.conninfo import conninfo_to_dict
 from cachelib import auth, migrate, verify
 from cachelib.config import PROJECT_ROOT, Settings
 from tests.servers import PG15_BIN, Pg15, as_postgres, login_url, start_pg15
+from tests.test_catalog import THIRD, THIRD_FUNCTION
 
-THIRD = "expert_session_counts"
-THIRD_FUNCTION = """
-CREATE FUNCTION public.get_expert_session_counts(p_expert_id bigint DEFAULT NULL) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
-  SELECT COALESCE(jsonb_agg(jsonb_build_object('expert_id', expert_id, 'sessions', n) ORDER BY expert_id), '[]')
-  FROM (SELECT expert_id, count(*) AS n FROM expert_sessions
-        WHERE p_expert_id IS NULL OR expert_id = p_expert_id GROUP BY expert_id) t
-$$;
-"""
 # cache -> (the cached wrapper, the direct function it caches)
 CACHES = {
     "expert_sessions": ("public.get_expert_sessions_with_stats_cached", "public.get_expert_sessions_with_stats"),
