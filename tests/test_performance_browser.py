@@ -206,7 +206,8 @@ def test_one_cache_by_the_hour_over_three_days(page):
     # seen before the rest of the figure is replaced).
     pick(page, "Bucket", "Hour", f"(p.layout.title.text || '').includes('{title}') "
                                  "&& p.layout.title.text.includes('(hourly') "
-                                 "&& (p.layout.xaxis.tickformat || '').includes('%H')")
+                                 "&& (p.layout.xaxis.tickformat || '').includes('%H') "
+                                 "&& p.layout.xaxis.dtick === 6 * 3600000")
     assert "Hourly buckets are shown for ranges up to" not in page.locator("body").inner_text()
     hit_rate = figures(page)["Hit rate per cache"]
     assert hit_rate["xaxis"]["dtick"] == 6 * 3_600_000 and "%H:%M" in hit_rate["xaxis"]["tickformat"]

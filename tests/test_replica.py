@@ -244,3 +244,23 @@ def test_api_reads_from_the_standby_and_acts_on_the_primary(cluster):
             seen = httpx.get(f"{base}/api/admin/cache/maintenance",
                              headers={"Authorization": f"Bearer {key}"}).json()["last_cleanup"]
             assert "replica-admin" in seen["triggered_by"]
+
+
+def test_a_manager_built_from_the_settings_reads_on_the_replica(cluster, monkeypatch):
+    """DATABASE_READ_URL alone sends the application's cached calls to the standby, counted on the primary."""
+    primary_url, standby_url = cluster
+    monkeypatch.setenv("DATABASE_URL", primary_url)
+    monkeypatch.setenv("DATABASE_READ_URL", standby_url)
+    monkeypatch.setattr(config, "_cached", None)
+    try:
+        manager = CacheManager()
+        assert (manager.database.url, manager.reads.url) == (primary_url, standby_url)
+        def reads() -> int:
+            return sum(events(primary_url, "product_performance:1", kind) for kind in ("hit", "miss"))
+
+        before = reads()
+        manager.product_performance(1)
+        assert manager.flush_replica_reads() == 1
+        assert reads() == before + 1
+    finally:
+        monkeypatch.setattr(config, "_cached", None)
