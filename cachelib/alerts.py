@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from cachelib import review
 from cachelib.config import Settings, settings
 from cachelib.db import Database, get_database, rows, translated_errors
 from cachelib.errors import CacheError, ConfigError
@@ -88,27 +89,18 @@ def last_health_run(conn) -> HealthRun | None:
     return HealthRun(found[0]["recorded_at"], found[0]["source"], checks)
 
 
-# Keys invalidated by writes, as the monthly review counts them (cachelib/review.py): the daily
-# counts cleanup kept when it pruned the log, plus the log rows not pruned yet; whole-cache rows
-# (no colon, which include pruning's own markers) are not keys.
-INVALIDATED_TODAY_SQL = """
-    WITH today AS (
-      SELECT (cache_private.cache_now() AT TIME ZONE 'UTC')::date AS day,
-             date_trunc('day', cache_private.cache_now(), 'UTC') AS since)
-    SELECT c.cache_name, today.since,
-           COALESCE((SELECT sum(d.keys_invalidated) FROM cache_private.invalidations_daily d
-                     WHERE d.day = today.day AND d.cache_name = c.cache_name), 0)
-           + (SELECT count(*) FROM cache_private.invalidations i
-              WHERE i.cache_name = c.cache_name AND i.noted_at >= today.since
-                AND i.noted_at < today.since + interval '1 day' AND strpos(i.cache_key, ':') > 0) AS keys
-    FROM cache_private.caches c CROSS JOIN today
+# Keys invalidated by writes today, per cache, counted by the monthly review's rule.
+INVALIDATED_TODAY_SQL = f"""
+    SELECT c.cache_name, COALESCE(i.keys_invalidated, 0) AS keys
+    FROM cache_private.caches c LEFT JOIN ({review.INVALIDATED_SQL}) i USING (cache_name)
     ORDER BY c.cache_name"""
 
 
-def keys_invalidated_today(database: Database) -> tuple[datetime | None, dict[str, int]]:
+def keys_invalidated_today(database: Database) -> tuple[datetime, dict[str, int]]:
     """Keys invalidated by writes since 00:00 UTC (the SQL clock's day), per cache, and that midnight."""
-    found = database.rows(INVALIDATED_TODAY_SQL)
-    since = found[0]["since"] if found else None
+    since = database.value("SELECT pg_catalog.date_trunc('day', cache_private.cache_now(), 'UTC')")
+    found = database.rows(INVALIDATED_TODAY_SQL, {"start": since, "end": since + timedelta(days=1),
+                                                  "end_day": since.astimezone(UTC).date() + timedelta(days=1)})
     return since, {row["cache_name"]: int(row["keys"]) for row in found}
 
 

@@ -193,7 +193,21 @@ def _target_row(target: queries.Target, window: str, start: datetime, end: datet
             "window_start": start, "window_end": end, "measured": value, "goal": target.goal, "result": result}
 
 
-DAILY_SQL = """
+# Keys invalidated by writes per UTC day and cache in [start, end) (end_day: the day after the last):
+# the daily counts cleanup kept when it pruned the log, plus the log rows not pruned yet. Whole-cache
+# rows (no colon; pruning's markers among them) are not keys. The review's daily rows and GET /metrics'
+# invalidation counter (cachelib.alerts) both count with it.
+INVALIDATED_SQL = """
+  SELECT day, cache_name, sum(n)::bigint AS keys_invalidated FROM (
+    SELECT day, cache_name, keys_invalidated AS n FROM cache_private.invalidations_daily
+    WHERE day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND day < %(end_day)s
+    UNION ALL
+    SELECT (noted_at AT TIME ZONE 'UTC')::date, cache_name, count(*) FROM cache_private.invalidations
+    WHERE noted_at >= %(start)s AND noted_at < %(end)s AND strpos(cache_key, ':') > 0
+    GROUP BY 1, 2) parts
+  GROUP BY 1, 2"""
+
+DAILY_SQL = f"""
 WITH stats AS (
   SELECT (s.bucket AT TIME ZONE 'UTC')::date AS day, s.cache_name,
          sum(s.hits)::bigint AS hits, sum(s.misses)::bigint AS misses, sum(s.fallbacks)::bigint AS fallbacks,
@@ -201,16 +215,7 @@ WITH stats AS (
   FROM cache_private.cache_stats_hourly s
   WHERE s.bucket >= date_trunc('hour', %(start)s::timestamptz, 'UTC') AND s.bucket < %(end)s
   GROUP BY 1, 2
-), invalidated AS (
-  SELECT day, cache_name, sum(n)::bigint AS keys_invalidated FROM (
-    SELECT day, cache_name, keys_invalidated AS n FROM cache_private.invalidations_daily
-    WHERE day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND day < %(end_day)s
-    UNION ALL
-    -- Rows cleanup has not pruned yet (whole-cache rows are not keys).
-    SELECT (noted_at AT TIME ZONE 'UTC')::date, cache_name, count(*) FROM cache_private.invalidations
-    WHERE noted_at >= %(start)s AND noted_at < %(end)s AND strpos(cache_key, ':') > 0
-    GROUP BY 1, 2) parts
-  GROUP BY 1, 2
+), invalidated AS ({INVALIDATED_SQL}
 )
 SELECT d.day::date AS day, c.cache_name,
        COALESCE(s.hits, 0) + COALESCE(s.misses, 0) + COALESCE(s.fallbacks, 0) AS calls,

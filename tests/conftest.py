@@ -151,6 +151,19 @@ def navigation_mode(monkeypatch):
     monkeypatch.setattr(PagesManager, "__init__", init)
 
 
+VERIFY_COOKIE_KEY = "verify-test-cookie-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def dashboard_env(tmp_path_factory) -> dict[str, str]:
+    """A credentials file (mode 0600) and a cookie key, as the dashboard's first start leaves them: verify's
+    environment checks pass and only the database is judged."""
+    auth_file = tmp_path_factory.mktemp("verify_auth") / "auth.yaml"
+    env = {"DASHBOARD_AUTH_FILE": str(auth_file), "DASHBOARD_COOKIE_KEY": VERIFY_COOKIE_KEY}
+    assert auth.ensure_credentials(Settings.from_env(env))
+    return env
+
+
 @pytest.fixture(scope="module")
 def credentials_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("auth") / "auth.yaml"

@@ -40,7 +40,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from cachelib import auth, migrate, verify
+from cachelib import migrate, verify
 from cachelib.config import PROJECT_ROOT, Settings
 from tests.servers import PG15_BIN, Pg15, as_postgres, login_url, start_pg15
 from tests.test_catalog import THIRD, THIRD_FUNCTION
@@ -64,7 +64,6 @@ OWNER = "dumprestore_owner"  # owns only the database it restores into with --no
 # The source cluster's transaction ids are pushed at least this far, so that a freshly
 # initialised cluster (about 1,000 after initdb and a restore) is well behind the dumped snapshots.
 SOURCE_XIDS_AT_LEAST = 20_000
-COOKIE_KEY = "dump-restore-test-cookie-key-0123456789"
 
 
 # --- running PostgreSQL 15's own tools ----------------------------------------------------------
@@ -215,14 +214,6 @@ def source(pg15, postgres_dir) -> Source:
     assert dumped.returncode == 0 and dumped.stderr == "", dumped.stderr
     return Source(url, path, table_digests(url), entries, hits, *snapshots)
 
-
-@pytest.fixture(scope="module")
-def dashboard_env(tmp_path_factory) -> dict[str, str]:
-    """Credentials and a cookie key, so verify's environment checks pass and only the database is judged."""
-    auth_file = tmp_path_factory.mktemp("dump_restore_auth") / "auth.yaml"
-    env = {"DASHBOARD_AUTH_FILE": str(auth_file), "DASHBOARD_COOKIE_KEY": COOKIE_KEY}
-    assert auth.ensure_credentials(Settings.from_env(env))
-    return env
 
 
 def run_verify(url: str, env: dict[str, str]) -> subprocess.CompletedProcess:

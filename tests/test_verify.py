@@ -21,19 +21,10 @@ import pytest
 from cachelib import auth, verify
 from cachelib.config import PROJECT_ROOT, Settings
 from cachelib.db import Database
+from tests.conftest import VERIFY_COOKIE_KEY
 from tests.servers import api_in_thread, free_port
 
 ARTIFACT = PROJECT_ROOT / "tests" / "artifacts" / "verify_broken_cases.txt"
-COOKIE_KEY = "verify-test-cookie-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def dashboard_env(tmp_path_factory) -> dict[str, str]:
-    """A credentials file (mode 0600) and a cookie key, as the dashboard's first start leaves them."""
-    auth_file = tmp_path_factory.mktemp("verify_auth") / "auth.yaml"
-    env = {"DASHBOARD_AUTH_FILE": str(auth_file), "DASHBOARD_COOKIE_KEY": COOKIE_KEY}
-    assert auth.ensure_credentials(Settings.from_env(env))
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +225,7 @@ def test_a_broken_item_makes_the_cli_exit_1(pg18, dashboard_env):
 
 def test_an_unreachable_database_fails_one_check_and_skips_the_rest(cfg):
     checks = verify.run_checks("postgresql://nobody@127.0.0.1:9/none", config=Settings.from_env(
-        {"DASHBOARD_AUTH_FILE": str(cfg.auth_file), "DASHBOARD_COOKIE_KEY": COOKIE_KEY,
+        {"DASHBOARD_AUTH_FILE": str(cfg.auth_file), "DASHBOARD_COOKIE_KEY": VERIFY_COOKIE_KEY,
          "CACHE_CONNECT_TIMEOUT": "2s"}))
     bad = failed(checks)
     assert set(bad) == {"database connection"} and "cannot reach the database" in bad["database connection"].detail
