@@ -242,8 +242,24 @@ def test_no_temporary_type_runs_as_the_owner_in_maintenance(owner, urls):
         run_all(cam, READS)
         for sql in MAINTENANCE:
             cam.execute(sql).fetchall()
+        # Forwarding a standby's reads (0018) is the server-side roles' too.
+        cam.execute("SELECT public.record_replica_reads(%s::jsonb)",
+                    ('[{"at": "2026-01-01T00:00:00Z", "cache": "expert_sessions", "key": "expert_sessions:1", '
+                     '"kind": "hit", "elapsed_ms": 1, "compute_ms": 1}]',)).fetchall()
         assert evil_ran(cam) == []
     assert not is_superuser(owner, "atk_cam")
+
+
+def test_no_temporary_type_runs_as_the_owner_when_a_read_only_caller_is_served(owner, urls):
+    """A read-only transaction (as on a standby) takes the path that notes the read it cannot count (0018)."""
+    with connect(urls["eve"]) as eve:
+        plant_domains(eve)
+        with eve.transaction():
+            eve.execute("SET TRANSACTION READ ONLY")
+            run_all(eve, READS[:3])  # hits and misses: each notes its read in cachelib.uncounted
+            assert val(eve, "SELECT pg_catalog.current_setting('cachelib.uncounted', true)")
+        assert evil_ran(eve) == []
+    assert not is_superuser(owner, "atk_eve")
 
 
 def test_temporary_tables_named_like_the_engine_tables_are_not_used(owner, urls):
