@@ -6,8 +6,11 @@ Every route calls the same cachelib functions as the dashboard and the CLI
 
 Auth: ``Authorization: Bearer <key>`` (keys from ``python -m cachelib api-key
 create``). Missing, malformed, unknown or revoked key: 401. A viewer key may
-read; POST (maintenance) needs an admin key, else 403. Every use of a key is
-written to the audit log under the key's name. Every key check first takes its
+read; POST (maintenance) needs an admin key, else 403. Every action and every
+review export is written to the audit log under the key's name; the reads that
+dashboards and scripts poll (metrics, caches, maintenance) write no audit row
+per call: the key's last use is recorded instead (api_keys.last_used_at, at
+most once a second), and a refused key is audited. Every key check first takes its
 turn in the shared failed-authentication throttle (cachelib/throttle.py, kept
 in PostgreSQL): a client address that keeps failing waits longer for each
 check, and gets 429 with Retry-After instead of waiting more than the cap.
@@ -23,16 +26,20 @@ failed keys 429, database down 503; any other failure a generic 500 without
 details (the details go to the server log).
 
 Settings: API_METRICS_REQUIRE_KEY (true/false, default false): whether
-GET /metrics (Prometheus) needs a key too; TRUSTED_PROXIES.
+GET /metrics (Prometheus) needs a key too; API_REPORT_SECONDS (default 5):
+how long one metrics report is served to every caller; TRUSTED_PROXIES.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import threading
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -365,14 +372,37 @@ def _short_reason(exc: DatabaseUnavailable) -> str:
     return "database unavailable"
 
 
+class SharedReport:
+    """One report served to every caller for ``seconds``: a metrics endpoint polled by many dashboards and
+    scripts costs one computation per period, and callers arriving together wait for one computation
+    instead of each running it. A failed computation is not kept."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._made_at = -math.inf
+        self._report: Any = None
+
+    def get(self, make: Callable[[], Any]) -> Any:
+        if self.seconds <= 0:
+            return make()
+        with self._lock:
+            if time.monotonic() - self._made_at >= self.seconds:
+                self._report = make()
+                self._made_at = time.monotonic()
+            return self._report
+
+
 def create_app(database: Database | None = None, *, metrics_key_required: bool | None = None,
                throttle: FailureThrottle | None = None, trusted_proxies: TrustedProxies | None = None,
-               read_database: Database | None = None) -> FastAPI:
+               read_database: Database | None = None, report_seconds: float | None = None) -> FastAPI:
     """The API. ``database`` defaults to the configured one (looked up at the first request), the primary
     for keys, throttles, the audit and actions; ``read_database`` (a hot standby) takes the reads;
     ``metrics_key_required`` to API_METRICS_REQUIRE_KEY; ``throttle`` to FailureThrottle();
-    ``trusted_proxies`` to TRUSTED_PROXIES. Raises ConfigError for a bad setting."""
+    ``trusted_proxies`` to TRUSTED_PROXIES; ``report_seconds`` to API_REPORT_SECONDS. Raises ConfigError
+    for a bad setting."""
     require_key = metrics_require_key() if metrics_key_required is None else metrics_key_required
+    shared_metrics = SharedReport(settings().api_report_seconds if report_seconds is None else report_seconds)
     throttle = throttle or FailureThrottle()
     trusted = settings().trusted_proxies if trusted_proxies is None else trusted_proxies
     app = FastAPI(
@@ -468,32 +498,20 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     @app.get(f"{ADMIN_PREFIX}/metrics", response_model=MetricsBody, tags=["admin"],
              summary="Cache metrics: overview, hit rates, load reduction, fallbacks, targets",
              responses=_errors(400, 401, 429, 503, 500))
-    def get_metrics(actor: Actor = Depends(authenticated)):
-        database = current_database()
-        report = metrics_report(current_read_database())
-        apikeys.audit(actor, "api_get_metrics", {"route": f"GET {ADMIN_PREFIX}/metrics"}, "ok",
-                      {"caches": len(report["caches"])}, database=database)
-        return report
+    def get_metrics(_actor: Actor = Depends(authenticated)):
+        return shared_metrics.get(lambda: metrics_report(current_read_database()))
 
     @app.get(f"{ADMIN_PREFIX}/caches", tags=["admin"],
              summary="The catalog of caches: function, wrapper, sources, and the duration in effect and why",
              responses=_errors(400, 401, 429, 503, 500))
-    def get_caches(actor: Actor = Depends(authenticated)):
-        database = current_database()
-        rows = catalog.listing(settings(), current_read_database())
-        apikeys.audit(actor, "api_get_caches", {"route": f"GET {ADMIN_PREFIX}/caches"}, "ok",
-                      {"caches": len(rows)}, database=database)
-        return {"caches": rows}
+    def get_caches(_actor: Actor = Depends(authenticated)):
+        return {"caches": catalog.listing(settings(), current_read_database())}
 
     @app.get(f"{ADMIN_PREFIX}/maintenance", response_model=MaintenanceBody, tags=["admin"],
              summary="Last cleanup, health summary and the actions available to the caller",
              responses=_errors(400, 401, 429, 503, 500))
     def get_maintenance(actor: Actor = Depends(authenticated)):
-        database = current_database()
-        report = maintenance_report(current_read_database(), actor)
-        apikeys.audit(actor, "api_get_maintenance", {"route": f"GET {ADMIN_PREFIX}/maintenance"}, "ok",
-                      {"health": report["health"]["overall"]}, database=database)
-        return report
+        return maintenance_report(current_read_database(), actor)
 
     @app.post(f"{ADMIN_PREFIX}/maintenance", response_model=ActionResultBody, tags=["admin"],
               summary="Run one maintenance action (admin key)",

@@ -305,6 +305,10 @@ class Settings(BaseModel):
     port: int = env("PORT", "8501", "Port the dashboard listens on (make run).", _range(1, 65535))
     api_metrics_require_key: bool = env("API_METRICS_REQUIRE_KEY", "false", "true: GET /metrics (Prometheus) "
                                         "needs an API key too.", parse_boolean)
+    api_report_seconds: int = env("API_REPORT_SECONDS", "5", "Seconds the API serves one metrics report (GET "
+                                  "/api/admin/cache/metrics) to every caller before computing it again; its "
+                                  "generated_at says when it was made. 0: compute it for every request.",
+                                  _range(0, 300))
     trusted_proxies: TrustedProxies = env("TRUSTED_PROXIES", None, "Reverse proxies (IPs/CIDRs, comma-separated) "
                                           "whose X-Forwarded-For names the client for the API and the dashboard. "
                                           "Unset: the connecting address is the client.",

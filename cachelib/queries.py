@@ -66,13 +66,15 @@ def caching_candidates(database: Database | None = None):
 
 
 def guide_overview(database: Database | None = None) -> pd.DataFrame:
-    """The guide's "Cache performance overview": total_entries, hit_entries, avg_hits, expired_entries."""
+    """The guide's "Cache performance overview": total_entries, hit_entries, avg_hits, expired_entries, for the
+    entries holding data, from the counts the database maintains (the guide's query scans every row)."""
     return _frame("""
-        SELECT COUNT(*) AS total_entries,
-               COUNT(CASE WHEN hit_count > 0 THEN 1 END) AS hit_entries,
-               COALESCE(ROUND(AVG(hit_count), 2), 0) AS avg_hits,
-               COUNT(CASE WHEN expires_at <= cache_private.cache_now() THEN 1 END) AS expired_entries
-        FROM public.query_cache""", database=database, rollup=True)
+        SELECT COALESCE(sum(t.entries), 0)::bigint AS total_entries,
+               COALESCE(sum(t.entries - t.never_hit), 0)::bigint AS hit_entries,
+               COALESCE(round(sum(t.hits)::numeric / NULLIF(sum(t.entries), 0), 2), 0) AS avg_hits,
+               (SELECT COALESCE(sum(x.expired), 0)
+                FROM cache_private.entries_expired_by(cache_private.cache_now()) x)::bigint AS expired_entries
+        FROM cache_private.entry_totals() t""", database=database, rollup=True)
 
 
 def top_entries(limit: int = 50, order_by: str = "hits", cache: str | None = None, search: str | None = None,
@@ -356,6 +358,23 @@ def health_history(start: datetime, end: datetime, database: Database | None = N
                      ORDER BY recorded_at, id""", (start, end), database)
 
 
+# One key: its row. A cache or all of them: the counts the database maintains (0022), all entries less
+# the expired ones, without reading every entry.
+_KEY_IMPACT = """
+    SELECT count(*) AS entries, COALESCE(sum(size_bytes), 0) AS bytes, COALESCE(sum(compute_ms), 0) AS compute_ms
+    FROM public.query_cache
+    WHERE cache_key = %(key)s AND data IS NOT NULL AND expires_at > cache_private.cache_now()"""
+_CACHE_IMPACT = """
+    SELECT COALESCE(t.entries, 0) - COALESCE(x.entries, 0) AS entries,
+           COALESCE(t.bytes, 0) - COALESCE(x.bytes, 0) AS bytes,
+           COALESCE(t.compute_ms, 0) - COALESCE(x.compute_ms, 0) AS compute_ms
+    FROM (SELECT sum(entries) AS entries, sum(bytes) AS bytes, sum(compute_ms) AS compute_ms
+          FROM cache_private.entry_totals() WHERE %(cache)s::text IS NULL OR cache_name = %(cache)s) t,
+         (SELECT sum(expired) AS entries, sum(expired_bytes) AS bytes, sum(expired_compute_ms) AS compute_ms
+          FROM cache_private.entries_expired_by(cache_private.cache_now())
+          WHERE %(cache)s::text IS NULL OR cache_name = %(cache)s) x"""
+
+
 def clear_impact(cache: str | None = None, key: str | None = None, database: Database | None = None) -> dict:
     """What invalidating ``cache`` or ``key`` (or, with neither, an emergency clear) would lose: the live
     entries (holding data, not expired) as {"entries", "bytes", "compute_ms"}, compute_ms being the time
@@ -365,11 +384,5 @@ def clear_impact(cache: str | None = None, key: str | None = None, database: Dat
     for name, value in (("cache", cache), ("key", key)):
         if value is not None and ("\x00" in value or not 1 <= len(value) <= 1000):
             raise InvalidInput(f"{name} must be 1 to 1000 characters without NUL characters")
-    row = _frame("""SELECT count(*) AS entries, COALESCE(sum(size_bytes), 0) AS bytes,
-                           COALESCE(sum(compute_ms), 0) AS compute_ms
-                    FROM public.query_cache
-                    WHERE data IS NOT NULL AND expires_at > cache_private.cache_now()
-                      AND (%(cache)s::text IS NULL OR cache_name = %(cache)s)
-                      AND (%(key)s::text IS NULL OR cache_key = %(key)s)""",
-                 {"cache": cache, "key": key}, database).iloc[0]
+    row = _frame(_KEY_IMPACT if key is not None else _CACHE_IMPACT, {"cache": cache, "key": key}, database).iloc[0]
     return {"entries": int(row["entries"]), "bytes": int(row["bytes"]), "compute_ms": float(row["compute_ms"])}

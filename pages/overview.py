@@ -63,7 +63,8 @@ def kpis() -> None:
 def guide_numbers() -> None:
     """the cache performance overview"""
     st.subheader("Cache performance overview")
-    st.caption("The deployment guide's overview query over public.query_cache.")
+    st.caption("The deployment guide's overview figures for the entries holding data (invalidated keys awaiting "
+               "cleanup are not entries), from the counts the database keeps as entries are written.")
     frame = ui.numeric(ui.read("guide_overview"), "avg_hits")
     row = frame.iloc[0] if not frame.empty else pd.Series(dtype=object)
     columns = st.columns(4)

@@ -181,22 +181,31 @@ def test_auth_is_checked_before_parameters(client, keys):
     assert response.status_code == 401
 
 
-def test_every_use_of_a_key_is_audited_under_its_name(client, keys, conn):
+def test_every_action_and_refusal_is_audited_under_the_keys_name(client, keys, conn):
     before = len(audit_rows(conn))
-    client.get(METRICS, headers=bearer(keys["viewer"]))
-    client.get(MAINTENANCE, headers=bearer(keys["viewer"]))
     client.post(MAINTENANCE, params={"action": "health_check"}, headers=bearer(keys["viewer"]))
     client.post(MAINTENANCE, params={"action": "health_check"}, headers=bearer(keys["admin"]))
     client.get(METRICS, headers=bearer(keys["revoked"]))
     rows = audit_rows(conn)[before:]
     seen = [(r["actor"], r["actor_role"], r["action"], r["outcome"]) for r in rows]
     assert seen == [
-        ("test-viewer (api)", "viewer", "api_get_metrics", "ok"),
-        ("test-viewer (api)", "viewer", "api_get_maintenance", "ok"),
         ("test-viewer (api)", "viewer", "health_check", "refused"),
         ("test-admin (api)", "admin", "health_check", "ok"),
         ("test-revoked (api)", "admin", "api_auth", "refused"),
     ]
+
+
+def test_polled_reads_record_the_keys_last_use_not_an_audit_row(client, keys, conn):
+    """GET metrics, caches and maintenance are polled by dashboards and scripts: no audit row per call (three
+    writes per read before), but the key's last use is kept, so who still uses a key is known."""
+    conn.execute("UPDATE cache_private.api_keys SET last_used_at = NULL WHERE name = 'test-viewer'")
+    before = len(audit_rows(conn))
+    for path in (METRICS, "/api/admin/cache/caches", MAINTENANCE, METRICS):
+        assert client.get(path, headers=bearer(keys["viewer"])).status_code == 200
+    assert len(audit_rows(conn)) == before
+    used = conn.execute("SELECT last_used_at > now() - interval '1 minute' FROM cache_private.api_keys "
+                        "WHERE name = 'test-viewer'").fetchone()[0]
+    assert used is True
 
 
 def test_repeated_failures_from_one_client_are_slowed_down(database, keys):
@@ -573,3 +582,19 @@ def test_the_post_route_takes_exactly_the_registrys_parameters():
     assert names == {"action"} | {p.name for a in REGISTRY.values() for p in a.parameters}
     for action in REGISTRY.values():
         assert action.usage in route["description"]
+
+
+def test_one_metrics_report_serves_every_caller_for_its_period(database, keys, monkeypatch):
+    """API_REPORT_SECONDS: callers within the period get the same report, computed once; 0 computes each time."""
+    made = []
+    real = api.metrics_report
+    monkeypatch.setattr(api, "metrics_report", lambda db: made.append(1) or real(db))
+    for seconds, expected in ((60, 1), (0, 5)):
+        made.clear()
+        app = api.create_app(database, metrics_key_required=False, throttle=api.FailureThrottle(base_delay=0),
+                             report_seconds=seconds)
+        with TestClient(app) as client:
+            bodies = [client.get(METRICS, headers=bearer(keys["viewer"])).json() for _ in range(5)]
+        assert len(made) == expected
+        if expected == 1:
+            assert all(body == bodies[0] for body in bodies)

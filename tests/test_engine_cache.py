@@ -518,18 +518,37 @@ def test_size_bound_evicts_least_useful_entries_beyond_max_entries(c):
 
 
 def test_size_bound_with_many_cached_calls(c):
+    """Every store keeps the bound (0022): at 5 entries, less a headroom of 2 for stores committing at
+    once, each store beyond 3 evicts the least useful other entry; nothing is left for the cleanup."""
     c.execute("UPDATE cache_private.settings SET value = '5' WHERE name = 'max_entries'")
-    for expert_id in range(1, 13):
-        call(c, "expert", expert_id, "1 hour")
+    call(c, "expert", 1, "1 hour")
     for _ in range(3):
-        call(c, "expert", 12, "1 hour")
-    assert val(c, "SELECT public.cleanup_expired_cache()") == 7
+        call(c, "expert", 1, "1 hour")  # hits: the most useful entry
+    for expert_id in range(2, 13):
+        call(c, "expert", expert_id, "1 hour")
+        assert len(live_keys(c)) <= 3
     keys = live_keys(c)
-    assert len(keys) == 5 and "expert_sessions:12" in keys  # the one with hits survives
+    assert len(keys) == 3 and {"expert_sessions:1", "expert_sessions:12"} <= set(keys)  # hit, and just stored
+    assert val(c, "SELECT public.cleanup_expired_cache()") == 0
     evicted, reason = rows(c, "SELECT entries_evicted, details->>'eviction_reason' FROM public.cache_cleanup_log")[0]
-    assert (evicted, reason) == (7, "entry count above max_entries")
+    assert (evicted, reason) == (0, None)
     health = {r[0]: r for r in rows(c, "SELECT * FROM public.analyze_cache_health()")}
-    assert health["size_bound"][1].startswith("5 entries") and health["size_bound"][2] == "ok"
+    assert health["size_bound"][1].startswith("3 entries") and health["size_bound"][2] == "ok"
+
+
+def test_cleanup_evicts_rows_written_around_the_engine_down_to_the_bound(c):
+    t0 = at("2030-05-09 10:00")
+    set_clock(c, t0)
+    for i in range(12):
+        put(c, f"direct:{i:02d}", hits=1 if i == 3 else 0, compute_ms=1.0, created=t0 + timedelta(seconds=i),
+            expires=t0 + timedelta(hours=1))
+    c.execute("UPDATE cache_private.settings SET value = '5' WHERE name = 'max_entries'")
+    assert val(c, "SELECT public.cleanup_expired_cache()") == 7
+    # Least useful first: no time saved, then the oldest; the one with a hit survives.
+    assert live_keys(c) == ["direct:03", "direct:08", "direct:09", "direct:10", "direct:11"]
+    evicted, reason = rows(c, "SELECT entries_evicted, details->>'eviction_reason' FROM public.cache_cleanup_log "
+                              "ORDER BY id DESC LIMIT 1")[0]
+    assert (evicted, reason) == (7, "entry count above max_entries")
 
 
 def test_size_bound_evicts_beyond_max_total_bytes(c):
