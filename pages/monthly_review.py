@@ -3,10 +3,14 @@ recommendations, every figure that month's (cachelib.review builds it; cachelib.
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import streamlit as st
 
 from cachelib import charts, report, review, ui
+
+log = logging.getLogger(__name__)
 
 ui.require_login()
 ui.page_header("Monthly Review", "The deployment guide's monthly review: every figure on this page is the "
@@ -23,6 +27,18 @@ def build_review(month, url: str) -> review.MonthlyReview:
 @st.cache_data(ttl=300, show_spinner="Writing the HTML report…", max_entries=4)
 def html_report(month, url: str) -> bytes:
     return report.to_html(build_review(month, url)).encode()
+
+
+def html_on_click(month, url: str) -> bytes:
+    """The HTML report, written when its button is clicked (not on every render: it draws every chart
+    again). A failure gives a page that says so; the details go to the log."""
+    try:
+        return html_report(month, url)
+    except Exception:  # noqa: BLE001 - the download is all the admin sees of this
+        log.exception("the HTML review of %s could not be written", month)
+        return (b"<!doctype html><meta charset='utf-8'><title>Cache review not written</title>"
+                b"<p>The review could not be written (the database could not be read). Try the download "
+                b"again; the dashboard's log has the details.</p>")
 
 
 def targets_section(data: review.MonthlyReview) -> None:
@@ -124,9 +140,9 @@ def downloads(data: review.MonthlyReview, url: str) -> None:
     left.download_button("Download daily rows per cache (CSV)", review.to_csv(data).encode(),
                          file_name=f"cache-review-{month:%Y-%m}-daily.csv", mime="text/csv", key="review_download",
                          icon=":material/download:")
-    right.download_button("Download the review as HTML (opens offline, printable)", html_report(month, url),
-                          file_name=f"cache-review-{month:%Y-%m}.html", mime="text/html", key="review_html",
-                          icon=":material/description:")
+    right.download_button("Download the review as HTML (opens offline, printable)",
+                          lambda: html_on_click(month, url), file_name=f"cache-review-{month:%Y-%m}.html",
+                          mime="text/html", key="review_html", icon=":material/description:")
 
 
 with ui.guard("the monthly review"):

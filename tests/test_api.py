@@ -594,7 +594,10 @@ def test_one_metrics_report_serves_every_caller_for_its_period(database, keys, m
         app = api.create_app(database, metrics_key_required=False, throttle=api.FailureThrottle(base_delay=0),
                              report_seconds=seconds)
         with TestClient(app) as client:
-            bodies = [client.get(METRICS, headers=bearer(keys["viewer"])).json() for _ in range(5)]
+            responses = [client.get(METRICS, headers=bearer(keys["viewer"])) for _ in range(5)]
+        assert all(r.status_code == 200 and r.headers["content-type"] == "application/json" for r in responses)
+        bodies = [r.json() for r in responses]
+        assert set(bodies[0]) == set(api.MetricsBody.model_fields)
         assert len(made) == expected
         if expected == 1:
             assert all(body == bodies[0] for body in bodies)
