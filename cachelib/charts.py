@@ -265,8 +265,8 @@ def add_events(figure: go.Figure, events: pd.DataFrame, start: Any, end: Any, ma
     if events is None or events.empty:
         return events_caption(events, start, end, max_labels)
     start, end = naive_utc(start), naive_utc(end)
-    drawn = _events_in(events, start, end)
-    drawn = drawn[drawn["kind"].isin(EVENT_STYLE)]
+    frame = _events_in(events, start, end)
+    drawn = frame[frame["kind"].isin(EVENT_STYLE)]
     labelled = len(drawn) <= max_labels
     shapes, annotations = [], []
     last_x, stack = None, 0
@@ -289,7 +289,7 @@ def add_events(figure: go.Figure, events: pd.DataFrame, start: Any, end: Any, ma
                             "hovertext": f"{formats.fmt_time(row.at)}: {row.detail}",
                             "font": {"size": 11, "color": color}, "bgcolor": "rgba(255,255,255,0.85)"})
     _decorate(figure, shapes, annotations)
-    return events_caption(events, start, end, max_labels)
+    return _caption(frame, max_labels)
 
 
 def events_caption(events: pd.DataFrame, start: Any, end: Any, max_labels: int = 10) -> str:
@@ -297,7 +297,11 @@ def events_caption(events: pd.DataFrame, start: Any, end: Any, max_labels: int =
     counts only (scheduled cleanups), and whether they are labelled."""
     if events is None or events.empty:
         return "Nothing was recorded in this period (no deployment, clears, invalidations or manual cleanups)."
-    frame = _events_in(events, naive_utc(start), naive_utc(end))
+    return _caption(_events_in(events, naive_utc(start), naive_utc(end)), max_labels)
+
+
+def _caption(frame: pd.DataFrame, max_labels: int) -> str:
+    """events_caption() for the events already within the period."""
     drawn = frame[frame["kind"].isin(EVENT_STYLE)]
     counts = drawn["kind"].value_counts()
     parts = [f"{n} {_KIND_WORDS[kind][n != 1]}" for kind, n in counts.items()]

@@ -77,11 +77,14 @@ def owner(pg_url):
 
 @pytest.fixture
 def empty(owner):
+    """The owner's connection to an empty cache; the size bound is put back as it was afterwards."""
+    bound = owner.execute("SELECT name, value FROM cache_private.settings "
+                          "WHERE name IN ('max_entries', 'max_total_bytes')").fetchall()
     owner.execute("SELECT public.emergency_clear_cache('EMERGENCY_CLEAR_CONFIRMED')")
     owner.execute("SELECT public.cleanup_expired_cache()")
     yield owner
-    owner.execute("UPDATE cache_private.settings SET value = '100000' WHERE name = 'max_entries'")
-    owner.execute("UPDATE cache_private.settings SET value = '1073741824' WHERE name = 'max_total_bytes'")
+    for name, value in bound:
+        owner.execute("UPDATE cache_private.settings SET value = %s WHERE name = %s", (value, name))
 
 
 def now(conn) -> datetime:
