@@ -380,17 +380,22 @@ class SharedReport:
     def __init__(self, seconds: float):
         self.seconds = seconds
         self._lock = threading.Lock()
-        self._made_at = -math.inf
-        self._report: Any = None
+        self._made: tuple[float, Any] = (-math.inf, None)  # (when, report): replaced whole, read without the lock
+
+    def fresh(self) -> Any | None:
+        """The report when it is still fresh (cheap, never blocks: for the event loop), else None."""
+        made_at, report = self._made
+        return report if time.monotonic() - made_at < self.seconds else None
 
     def get(self, make: Callable[[], Any]) -> Any:
         if self.seconds <= 0:
             return make()
         with self._lock:
-            if time.monotonic() - self._made_at >= self.seconds:
-                self._report = make()
-                self._made_at = time.monotonic()
-            return self._report
+            made_at, report = self._made
+            if time.monotonic() - made_at >= self.seconds:
+                report = make()
+                self._made = (time.monotonic(), report)
+            return report
 
 
 def create_app(database: Database | None = None, *, metrics_key_required: bool | None = None,
@@ -439,19 +444,30 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
         database = await run_in_threadpool(current_database)
         peer = request.client.host if request.client else None
         subjects = [address_subject(client_address(peer, request.headers.getlist("x-forwarded-for"), trusted))]
-        # Take a turn before looking at the key, so parallel guesses are checked one slot at a time.
-        admission = await run_in_threadpool(throttle.reserve, API, subjects, database)
-        if admission.wait:
-            await asyncio.sleep(admission.wait)
         scheme, _, token = headers[0].strip().partition(" ")
         token = token.strip()
-        if len(headers) > 1 or scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+        malformed = len(headers) > 1 or scheme.lower() != "bearer" or not token or any(c.isspace() for c in token)
+
+        def check(conn) -> Actor | None:  # a malformed header is a failed guess like any other
+            return None if malformed else apikeys.authenticate_on(conn, token)
+
+        # Keys are checked one turn at a time per address: a free turn while the address is within its free
+        # failures; beyond them, a reserved slot, waited for here (not in a thread or under a lock).
+        turn = await run_in_threadpool(throttle.free_turn, API, subjects, check, database)
+        if turn is not None:
+            actor = turn.result
+        else:
+            admission = await run_in_threadpool(throttle.reserve, API, subjects, database)
+            if admission.wait:
+                await asyncio.sleep(admission.wait)
+            actor = None if malformed else await run_in_threadpool(apikeys.authenticate, token, database)
+            if actor is not None:
+                await run_in_threadpool(throttle.succeeded, API, subjects, database)
+        if malformed:
             raise _unauthorized("malformed Authorization header: expected one header 'Bearer <key>'",
                                 "invalid_request")
-        actor = await run_in_threadpool(apikeys.authenticate, token, database)
         if actor is None:
             raise _unauthorized("unknown or revoked API key", "invalid_token")
-        await run_in_threadpool(throttle.succeeded, API, subjects, database)
         return actor
 
     async def metrics_guard(request: Request, _credentials=Security(bearer)) -> Actor | None:
@@ -498,10 +514,11 @@ def create_app(database: Database | None = None, *, metrics_key_required: bool |
     @app.get(f"{ADMIN_PREFIX}/metrics", response_model=MetricsBody, tags=["admin"],
              summary="Cache metrics: overview, hit rates, load reduction, fallbacks, targets",
              responses=_errors(400, 401, 429, 503, 500))
-    def get_metrics(_actor: Actor = Depends(authenticated)):
-        # The body as served (validated by its model once, when the report is made, not per request).
-        body = shared_metrics.get(
-            lambda: MetricsBody.model_validate(metrics_report(current_read_database())).model_dump_json())
+    async def get_metrics(_actor: Actor = Depends(authenticated)):
+        # The body as served (validated by its model once, when the report is made, not per request); a
+        # fresh one is served from here, only making one needs a worker thread.
+        body = shared_metrics.fresh() or await run_in_threadpool(shared_metrics.get, lambda: MetricsBody.model_validate(
+            metrics_report(current_read_database())).model_dump_json())
         return Response(body, media_type="application/json")
 
     @app.get(f"{ADMIN_PREFIX}/caches", tags=["admin"],

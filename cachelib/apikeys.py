@@ -21,6 +21,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import errors as pg_errors
 
 from cachelib.db import Database
@@ -121,30 +122,37 @@ def authenticate(key: str | None, database: Database | None = None) -> Actor | N
     Records last_used_at (at most once per second per key). A revoked key that
     is still being used leaves a 'refused' audit row under its name.
     """
+    if not isinstance(key, str) or KEY_PATTERN.match(key) is None:
+        return None
+    with _connection(database) as conn:
+        return authenticate_on(conn, key)
+
+
+def authenticate_on(conn: psycopg.Connection, key: str | None) -> Actor | None:
+    """authenticate() on ``conn`` (inside its transaction, when it has one)."""
     match = KEY_PATTERN.match(key) if isinstance(key, str) else None
     if match is None:
         return None
-    with _connection(database) as conn:
-        row = conn.execute("SELECT id, name, role, key_hash, revoked_at FROM cache_private.api_keys "
-                           "WHERE key_prefix = %s", (match.group(1),)).fetchone()
-        if row is None:
-            hmac.compare_digest(_hash(key), _DUMMY_HASH)  # same work as for a known prefix
-            return None
-        key_id, name, role, stored_hash, revoked_at = row
-        if not hmac.compare_digest(_hash(key), stored_hash):
-            return None
-        actor = Actor(name=name, role=role, via="api")
-        if revoked_at is not None:
-            with conn.transaction():
-                identify(conn, actor)
-                write_audit(conn, "api_auth", {}, "refused", {"reason": "key revoked",
-                                                                "revoked_at": _iso(revoked_at)})
-            return None
-        conn.execute("""UPDATE cache_private.api_keys SET last_used_at = pg_catalog.now()
-                        WHERE id = %s AND (last_used_at IS NULL
-                                           OR last_used_at < pg_catalog.now() - make_interval(secs => %s))""",
-                     (key_id, LAST_USED_RESOLUTION_SECONDS))
-        return actor
+    row = conn.execute("SELECT id, name, role, key_hash, revoked_at FROM cache_private.api_keys "
+                       "WHERE key_prefix = %s", (match.group(1),)).fetchone()
+    if row is None:
+        hmac.compare_digest(_hash(key), _DUMMY_HASH)  # same work as for a known prefix
+        return None
+    key_id, name, role, stored_hash, revoked_at = row
+    if not hmac.compare_digest(_hash(key), stored_hash):
+        return None
+    actor = Actor(name=name, role=role, via="api")
+    if revoked_at is not None:
+        with conn.transaction():
+            identify(conn, actor)
+            write_audit(conn, "api_auth", {}, "refused", {"reason": "key revoked",
+                                                            "revoked_at": _iso(revoked_at)})
+        return None
+    conn.execute("""UPDATE cache_private.api_keys SET last_used_at = pg_catalog.now()
+                    WHERE id = %s AND (last_used_at IS NULL
+                                       OR last_used_at < pg_catalog.now() - make_interval(secs => %s))""",
+                 (key_id, LAST_USED_RESOLUTION_SECONDS))
+    return actor
 
 
 def ping(database: Database | None = None) -> float:

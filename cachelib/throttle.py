@@ -15,6 +15,11 @@ The rule, in one place for the API (cachelib/api.py) and the dashboard (cachelib
   ``free_failures``, then ``base_delay`` doubling up to ``max_delay``. The attempt waits
   for the latest of its slots; when that is more than ``max_wait`` away it is refused
   (``Throttled``; the API answers 429 with Retry-After) and is not counted.
+* While every subject is within its free failures and has no slot pending, an API key
+  check takes the free turn instead (``free_turn``): it holds each subject's advisory lock,
+  checks, and counts a failure before letting the next attempt in, so guesses still
+  take turns; a success there writes nothing. Beyond the free failures, attempts
+  reserve slots as above and wait for them outside any lock.
 * A success deletes its subjects' rows. A subject idle for ``forget_after`` starts
   afresh; such rows are pruned (at most every ``prune_every`` seconds per process) and
   the table never keeps more than ``max_rows`` rows.
@@ -30,10 +35,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -61,6 +67,9 @@ class Throttled(CacheError):
         super().__init__(f"{why}; try again in {retry_after} s")
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class Admission:
     """A reserved slot: wait ``wait`` seconds (until ``slot``, database time), then check."""
@@ -68,6 +77,14 @@ class Admission:
     wait: float
     failures: int
     slot: datetime
+
+
+@dataclass(frozen=True)
+class FreeTurn(Generic[T]):
+    """What a free turn's check said, and the failure it counted when it said no (None after a yes)."""
+
+    result: T
+    counted: Admission | None
 
 
 @contextmanager
@@ -108,6 +125,22 @@ ON CONFLICT (scope, subject) DO UPDATE SET
                               + {_delay_sql('t.failures + 1')} END,
   last_attempt_at = excluded.last_attempt_at
 RETURNING t.failures, t.next_allowed_at - {_delay_sql('t.failures')} AS slot, t.last_attempt_at AS now
+"""
+
+# The key of a subject's advisory lock (the engine's per-key locks use class 726354).
+_LOCK_CLASS = 726355
+_LOCK = "SELECT pg_catalog.pg_advisory_xact_lock(%s, pg_catalog.hashtext(%s))"
+
+# Whether an attempt on every subject would be free (no live count at or beyond the free failures, no slot
+# still ahead), and whether any subject has a row to forget. A statement of its own after the locks', so its
+# snapshot sees what the previous holder committed.
+_FREE = """
+SELECT pg_catalog.count(*) FILTER (
+         WHERE last_attempt_at >= pg_catalog.clock_timestamp() - %(forget)s
+           AND (failures >= %(free)s OR next_allowed_at > pg_catalog.clock_timestamp())) = 0,
+       pg_catalog.count(*) > 0
+FROM cache_private.auth_throttle
+WHERE scope = %(scope)s AND subject = ANY(%(subjects)s::text[])
 """
 
 _PRUNE = """
@@ -163,35 +196,87 @@ class FailureThrottle:
     def reserve(self, scope: str, subjects: Sequence[str], database: Database | None = None) -> Admission:
         """Count one attempt for every subject and reserve its slot; raises Throttled when it would
         wait longer than ``max_wait`` (then nothing is counted), DatabaseUnavailable, MigrationError."""
+        params = self._params(scope, subjects)
+        self._maybe_prune(database)
+        refused = None
+        with self._turn_taken(database) as conn, conn.transaction():
+            self._lock(conn, params)
+            admission = self.count(conn, params)
+            if admission.wait > self.max_wait:
+                refused = Throttled(math.ceil(admission.wait), admission.failures - 1)
+                raise psycopg.Rollback()  # a refused attempt is not counted and reserves nothing
+        if refused is not None:
+            raise refused
+        return admission
+
+    def free_turn(self, scope: str, subjects: Sequence[str], check: Callable[[psycopg.Connection], T],
+                  database: Database | None = None) -> FreeTurn[T] | None:
+        """The attempt when it is free for every subject (see the module docstring): ``check`` runs on the
+        throttle's connection, its statements after the subjects' locks; a falsy result is counted as a
+        failure before the locks go, a truthy one forgets the subjects' counts. None when the attempt is
+        not free: then what ``check`` did is rolled back and its result dropped, nothing is counted, and
+        the caller reserves a slot instead. Raises Throttled when the locks cannot be had within
+        CACHE_LOCK_TIMEOUT, DatabaseUnavailable, MigrationError."""
+        params = self._params(scope, subjects)
+        turn = None
+        # Pipelined: the BEGIN, the locks, the look and the check's first statement travel together,
+        # as do a forget and the COMMIT.
+        with self._turn_taken(database) as conn, conn.pipeline(), conn.transaction():
+            self._lock(conn, params)
+            state = conn.execute(_FREE, {**params, "free": self.free_failures})
+            result = check(conn)
+            free, counts = state.fetchone()
+            if not free:
+                raise psycopg.Rollback()
+            if not result:
+                turn = FreeTurn(result, self.count(conn, params))
+            else:
+                if counts:
+                    self._forget(conn, scope, params["subjects"])
+                turn = FreeTurn(result, None)
+        return turn
+
+    def count(self, conn: psycopg.Connection, params: dict[str, Any]) -> Admission:
+        """Count one attempt on every subject of ``params`` (see _params) and reserve its slot, on ``conn``
+        inside its transaction, with the subjects' locks held."""
+        rows = conn.execute(_RESERVE, params).fetchall()
+        failures = max(row[0] for row in rows)
+        slot = max(row[1] for row in rows)
+        return Admission(max(0.0, (slot - rows[0][2]).total_seconds()), failures, slot)
+
+    def _params(self, scope: str, subjects: Sequence[str]) -> dict[str, Any]:
         if scope not in SCOPES or not subjects:
             raise ValueError(f"scope must be one of {SCOPES} with at least one subject")
-        self._maybe_prune(database)
-        # Sorted, so two attempts sharing subjects lock their rows in the same order (no deadlock).
-        params = {"scope": scope, "subjects": sorted(set(subjects)), "delays": self.schedule(),
-                  "forget": timedelta(seconds=self.forget_after)}
-        refused = None
+        # Sorted, so two attempts sharing subjects lock them in the same order (no deadlock).
+        return {"scope": scope, "subjects": sorted(set(subjects)), "delays": self.schedule(),
+                "forget": timedelta(seconds=self.forget_after)}
+
+    @staticmethod
+    def _lock(conn: psycopg.Connection, params: dict[str, Any]) -> None:
+        """Take every subject's advisory lock until the transaction ends: attempts on a subject take turns."""
+        for subject in params["subjects"]:
+            conn.execute(_LOCK, (_LOCK_CLASS, f"{params['scope']}:{subject}"))
+
+    @contextmanager
+    def _turn_taken(self, database: Database | None) -> Iterator[psycopg.Connection]:
+        """A connection for one turn; a turn that cannot be had within CACHE_LOCK_TIMEOUT is refused."""
         try:
-            with owner_connection(database, _TABLE) as conn, conn.transaction():
-                rows = conn.execute(_RESERVE, params).fetchall()
-                failures = max(row[0] for row in rows)
-                slot = max(row[1] for row in rows)
-                wait = max(0.0, (slot - rows[0][2]).total_seconds())
-                if wait > self.max_wait:
-                    refused = Throttled(math.ceil(wait), failures - 1)
-                    raise psycopg.Rollback()  # a refused attempt is not counted and reserves nothing
+            with owner_connection(database, _TABLE) as conn:
+                yield conn
         except (Busy, pg_errors.LockNotAvailable, pg_errors.DeadlockDetected):  # Busy: translated by db
             # So many attempts queue on one subject that this one could not even take its turn
             # within CACHE_LOCK_TIMEOUT: refuse it like any attempt that would wait too long.
             raise Throttled(max(1, math.ceil(self.max_wait)), None) from None
-        if refused is not None:
-            raise refused
-        return Admission(wait, failures, slot)
+
+    @staticmethod
+    def _forget(conn: psycopg.Connection, scope: str, subjects: Iterable[str]) -> None:
+        conn.execute("DELETE FROM cache_private.auth_throttle WHERE scope = %s AND subject = ANY(%s::text[])",
+                     (scope, list(subjects)))
 
     def succeeded(self, scope: str, subjects: Iterable[str], database: Database | None = None) -> None:
         """Forget the failures of ``subjects`` (after a correct key or password)."""
         with owner_connection(database, _TABLE) as conn:
-            conn.execute("DELETE FROM cache_private.auth_throttle WHERE scope = %s AND subject = ANY(%s::text[])",
-                         (scope, list(subjects)))
+            self._forget(conn, scope, subjects)
 
     def failures(self, scope: str, subject: str, database: Database | None = None) -> int:
         """Attempts counted for ``subject`` since its last success (0 when forgotten)."""

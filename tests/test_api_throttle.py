@@ -41,10 +41,19 @@ ROLES = ["anon", "authenticated", "cache_admin", "service_role"]
 
 @dataclass
 class RecordingThrottle(FailureThrottle):
-    """The real throttle, remembering every slot it reserved and every refusal."""
+    """The real throttle, remembering every attempt it counted (in a free turn or a reserved slot) and
+    every refusal."""
 
     admitted: list[Admission] = field(default_factory=list)
     refused: list[Throttled] = field(default_factory=list)
+    free_turns: int = 0
+
+    def free_turn(self, scope, subjects, check, database=None):
+        turn = super().free_turn(scope, subjects, check, database)
+        self.free_turns += turn is not None
+        if turn is not None and turn.counted is not None:
+            self.admitted.append(turn.counted)
+        return turn
 
     def reserve(self, scope, subjects, database=None):
         try:
@@ -224,6 +233,51 @@ def test_parallel_bad_keys_from_one_address_are_checked_one_slot_at_a_time(datab
     assert refused >= attempts // 2
 
 
+def test_free_turns_check_one_at_a_time_and_end_at_the_free_failures(database, conn):
+    """Twelve guesses at once while the address is within its free failures: each check runs in the
+    database with the subject locked, so one at a time, and once the free failures are used the rest
+    get no free turn (what their checks did is dropped)."""
+    throttle = fast(base_delay=1.0, max_delay=4.0, max_wait=0.5)
+    subject = "address:198.51.100.70"
+
+    def wrong_key(conn) -> tuple:  # a check that takes 50 ms of the database's time, and says no
+        began, _, ended = conn.execute("SELECT pg_catalog.clock_timestamp(), pg_catalog.pg_sleep(0.05), "
+                                       "pg_catalog.clock_timestamp()").fetchone()
+        return began, ended
+
+    start = threading.Barrier(12)
+    turns = []
+
+    def guess() -> None:
+        start.wait()
+        turn = throttle.free_turn(API, [subject], lambda conn: (spans.append(wrong_key(conn)), None)[1],
+                                  database)
+        turns.append(turn)
+
+    spans: list[tuple] = []
+    threads = [threading.Thread(target=guess) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Every check, kept or dropped, ran alone: no two overlap in the database's time.
+    ordered = sorted(spans)
+    assert len(ordered) == 12
+    assert all(earlier[1] <= later[0] for earlier, later in zip(ordered, ordered[1:], strict=False))
+    free = [t for t in turns if t is not None]
+    assert sorted(t.counted.failures for t in free) == [1, 2, 3] == list(range(1, throttle.free_failures + 1))
+    assert counted(conn, subject) == throttle.free_failures  # the nine other turns counted nothing
+
+
+def test_a_good_key_from_a_quiet_address_counts_nothing(database, keys, conn):
+    throttle = fast()
+    app = api.create_app(database, metrics_key_required=False, throttle=throttle)
+    with TestClient(app, client=("198.51.100.80", 40000)) as client:
+        for _ in range(20):
+            assert client.get(METRICS, headers=bearer(keys["viewer"])).status_code == 200
+    assert throttle.free_turns == 20 and throttle.admitted == [] and counted(conn, "address:198.51.100.80") == 0
+
+
 # --- (c) several processes ----------------------------------------------------------------------------
 
 
@@ -270,8 +324,11 @@ def test_a_missing_key_is_not_a_guess_and_other_addresses_are_not_slowed(databas
             guesser.get(METRICS, headers=bearer(BAD_KEY))
         assert other.get(METRICS).status_code == 401
         assert counted(conn, "address:198.51.100.41") == 0
+        free_before, counted_before = throttle.free_turns, len(throttle.admitted)
         assert other.get(METRICS, headers=bearer(keys["viewer"])).status_code == 200
-    assert throttle.admitted[-1].wait == 0.0
+    # The other address's key was checked in a free turn: no slot, no wait, nothing counted.
+    assert throttle.free_turns == free_before + 1 and len(throttle.admitted) == counted_before
+    assert counted(conn, "address:198.51.100.41") == 0
 
 
 def test_too_long_a_wait_is_a_429_with_retry_after_and_is_not_counted(database, keys, conn):
