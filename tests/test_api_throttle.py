@@ -359,6 +359,22 @@ def test_a_queue_that_cannot_take_its_turn_in_time_is_refused(db_url, conn):
         database.close()
 
 
+def test_a_free_turn_that_cannot_take_its_lock_in_time_is_refused(db_url, conn):
+    database = Database(db_url, config.Settings.from_env({"CACHE_LOCK_TIMEOUT": "1s"}))
+    checked = []
+    try:
+        with psycopg.connect(db_url) as holder:  # an attempt on the same address, mid-check
+            holder.execute("SELECT pg_catalog.pg_advisory_xact_lock(726355, pg_catalog.hashtext(%s))",
+                           ("api:address:198.51.100.61",))
+            with pytest.raises(Throttled):
+                FailureThrottle().free_turn(API, ["address:198.51.100.61"], checked.append, database)
+            holder.rollback()
+        assert FailureThrottle().free_turn(API, ["address:198.51.100.61"], lambda _conn: "yes", database).result == "yes"
+    finally:
+        database.close()
+    assert counted(conn, "address:198.51.100.61") == 0
+
+
 def test_idle_and_surplus_rows_are_pruned(database, conn):
     conn.execute("""INSERT INTO cache_private.auth_throttle
                     SELECT 'api', 'address:192.0.2.' || n, 1, now(), now() - make_interval(mins => n, secs => -30)
