@@ -22,9 +22,12 @@ Typical use on a page::
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import pandas as pd
@@ -127,6 +130,11 @@ def time_axis(figure: go.Figure, start: Any, end: Any, bucket: str) -> None:
     """X axis (every x axis of a subplot figure) covering exactly [start, end), with ticks that suit
     the bucket: hours "14:00 / Nov 3", days "Nov 3" (one tick every 1, 2, 3 or 7 days, under the bar),
     weeks labelled with their dates (partial weeks too)."""
+    figure.update_xaxes(**time_axis_props(start, end, bucket))
+
+
+def time_axis_props(start: Any, end: Any, bucket: str) -> dict[str, Any]:
+    """The x axis settings of time_axis()."""
     start, end = naive_utc(start), naive_utc(end)
     days = (end - start) / timedelta(days=1)
     axis: dict[str, Any] = {"range": [start, end], "type": "date", "showgrid": True, "ticks": "outside"}
@@ -146,15 +154,17 @@ def time_axis(figure: go.Figure, start: Any, end: Any, bucket: str) -> None:
         shown = grid.iloc[::every]
         text = shown["label"] if every == 1 else shown["start"].map(_day)
         axis.update(tickmode="array", tickvals=list(shown["mid"]), ticktext=list(text), hoverformat="%b %-d, %Y")
-    figure.update_xaxes(**axis)
+    return axis
 
 
 def zero_based(figure: go.Figure, top: float | None = None, **where) -> None:
     """Y axes from 0 (to ``top`` when given, e.g. 100 for percentages). ``where``: row=, col= of a subplot."""
-    if top is None:
-        figure.update_yaxes(rangemode="tozero", **where)
-    else:
-        figure.update_yaxes(range=[0, top], **where)
+    figure.update_yaxes(**zero_based_props(top), **where)
+
+
+def zero_based_props(top: float | None = None) -> dict[str, Any]:
+    """The y axis settings of zero_based()."""
+    return {"rangemode": "tozero"} if top is None else {"range": [0, top]}
 
 
 def count_ticks(maximum: float, ticks: int = 5) -> dict[str, Any]:
@@ -173,14 +183,18 @@ def count_ticks(maximum: float, ticks: int = 5) -> dict[str, Any]:
 def log_axis(figure: go.Figure, values: Iterable[float], suffix: str = " ms", **where) -> None:
     """A log y axis labelled by decades (0.1 ms, 1 ms, 10 ms, ...), spanning whole decades around
     ``values`` (the positive ones). ``where``: row=, col= of a subplot."""
+    figure.update_yaxes(**log_axis_props(values, suffix), **where)
+
+
+def log_axis_props(values: Iterable[float], suffix: str = " ms") -> dict[str, Any]:
+    """The y axis settings of log_axis()."""
     positive = [float(v) for v in values if v is not None and not pd.isna(v) and float(v) > 0]
     low = math.floor(math.log10(min(positive))) if positive else -1
     high = math.ceil(math.log10(max(positive))) if positive else 2
     if high <= low:
         high = low + 1
-    figure.update_yaxes(type="log", dtick=1, range=[low, high], tickformat="~g", ticksuffix=suffix,
-                        exponentformat="none", minor={"ticks": "", "showgrid": True, "gridcolor": "#f1f5f9"},
-                        **where)
+    return {"type": "log", "dtick": 1, "range": [low, high], "tickformat": "~g", "ticksuffix": suffix,
+            "exponentformat": "none", "minor": {"ticks": "", "showgrid": True, "gridcolor": "#f1f5f9"}}
 
 
 # --- colours, targets, windows, events ------------------------------------------------------
@@ -195,17 +209,21 @@ def series_color(cache: str | None) -> str:
 def add_target(figure: go.Figure, target: queries.Target, color: str | None = None, **where) -> None:
     """A horizontal line at ``target.goal`` in its series' colour (Week 1 dotted, Month 1 dashed),
     labelled "Week 1 target: Sessions hit rate above 50%". ``where``: row=, col= of a subplot."""
+    _decorate(figure, *target_marks(target, color, *_axis_refs(figure, **where)))
+
+
+def target_marks(target: queries.Target, color: str | None = None, x: str = "x",
+                 y: str = "y") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The shape and annotation of add_target() on the axes ``x`` and ``y`` ("x", "y2", ...)."""
     color = color or series_color(target.cache_name)
-    x, y = _axis_refs(figure, **where)
     left = target.milestone == "Week 1"  # Week 1's label at the left end of its line, Month 1's at the right
-    _decorate(figure,
-              [{"type": "line", "xref": f"{x} domain", "x0": 0, "x1": 1, "yref": y, "y0": target.goal,
-                "y1": target.goal, "line": {"dash": TARGET_DASH.get(target.milestone, "dash"), "color": color,
-                                            "width": 2}}],
-              [{"xref": f"{x} domain", "x": 0 if left else 1, "xanchor": "left" if left else "right", "yref": y,
-                "y": target.goal, "yanchor": "bottom", "showarrow": False,
-                "text": f"{target.milestone} target: {target.name}", "font": {"size": 11, "color": color},
-                "bgcolor": "rgba(255,255,255,0.8)"}])
+    return ([{"type": "line", "xref": f"{x} domain", "x0": 0, "x1": 1, "yref": y, "y0": target.goal,
+              "y1": target.goal, "line": {"dash": TARGET_DASH.get(target.milestone, "dash"), "color": color,
+                                          "width": 2}}],
+            [{"xref": f"{x} domain", "x": 0 if left else 1, "xanchor": "left" if left else "right", "yref": y,
+              "y": target.goal, "yanchor": "bottom", "showarrow": False,
+              "text": f"{target.milestone} target: {target.name}", "font": {"size": 11, "color": color},
+              "bgcolor": "rgba(255,255,255,0.8)"}])
 
 
 def _axis_refs(figure: go.Figure, row: int | None = None, col: int | None = None) -> tuple[str, str]:
@@ -239,6 +257,11 @@ def _decorate(figure: go.Figure, shapes: list[dict[str, Any]], annotations: list
 def shade_windows(figure: go.Figure, deployed_at: Any, start: Any, end: Any) -> None:
     """Shade the Week 1 and Month 1 windows (queries.WINDOWS after ``deployed_at``) within [start, end),
     over every row of the figure, each named at the bottom of its shading."""
+    _decorate(figure, *window_marks(deployed_at, start, end))
+
+
+def window_marks(deployed_at: Any, start: Any, end: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The shapes and annotations of shade_windows()."""
     shapes, annotations = [], []
     for name, (x0, x1) in target_windows(deployed_at, start, end).items():
         color = WINDOW_FILL.get(name, OTHER_COLOR)
@@ -247,7 +270,7 @@ def shade_windows(figure: go.Figure, deployed_at: Any, start: Any, end: Any) -> 
         annotations.append({"xref": "x", "yref": "paper", "x": x0, "y": 0, "xanchor": "left", "yanchor": "bottom",
                             "showarrow": False, "text": f"<b>{name}</b>", "font": {"size": 11, "color": color},
                             "xshift": 2, "yshift": 2, "bgcolor": "rgba(255,255,255,0.7)"})
-    _decorate(figure, shapes, annotations)
+    return shapes, annotations
 
 
 def _events_in(events: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
@@ -262,8 +285,16 @@ def add_events(figure: go.Figure, events: pd.DataFrame, start: Any, end: Any, ma
     (scheduled cleanups are counted, never drawn one by one). Beyond ``max_labels`` events the
     lines stay and the labels go. ``labels_above``: the labels sit over the plot, clear of the data and
     the targets' labels (for a figure without subplots, whose top margin has the room)."""
+    shapes, annotations, caption = event_marks(events, start, end, max_labels, labels_above)
+    _decorate(figure, shapes, annotations)
+    return caption
+
+
+def event_marks(events: pd.DataFrame, start: Any, end: Any, max_labels: int = 10,
+                labels_above: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """The shapes, annotations and caption of add_events()."""
     if events is None or events.empty:
-        return events_caption(events, start, end, max_labels)
+        return [], [], events_caption(events, start, end, max_labels)
     start, end = naive_utc(start), naive_utc(end)
     frame = _events_in(events, start, end)
     drawn = frame[frame["kind"].isin(EVENT_STYLE)]
@@ -288,8 +319,7 @@ def add_events(figure: go.Figure, events: pd.DataFrame, start: Any, end: Any, ma
                             "yshift": shift, "showarrow": False, "text": row.label,
                             "hovertext": f"{formats.fmt_time(row.at)}: {row.detail}",
                             "font": {"size": 11, "color": color}, "bgcolor": "rgba(255,255,255,0.85)"})
-    _decorate(figure, shapes, annotations)
-    return _caption(frame, max_labels)
+    return shapes, annotations, _caption(frame, max_labels)
 
 
 def events_caption(events: pd.DataFrame, start: Any, end: Any, max_labels: int = 10) -> str:
@@ -331,13 +361,33 @@ def layout(figure: go.Figure, title: str, height: int = 340, legend: bool = True
     """Title inside the figure (so a downloaded PNG says what it is), white background, the legend (if any)
     under the x axis' tick labels, where it covers neither the title, the ticks nor the data. ``top``: the
     top margin in px (more when event labels sit above the plot)."""
+    figure.update_layout(layout_props(title, height, legend, top))
+
+
+def layout_props(title: str, height: int = 340, legend: bool = True, top: int = 70) -> dict[str, Any]:
+    """The layout settings of layout()."""
     bottom = 110 if legend else 50
     plot_height = max(height - top - bottom, 1)
-    figure.update_layout(title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}}, height=height,
-                         showlegend=legend, hovermode="closest",
-                         margin={"t": top, "b": bottom, "l": 60, "r": 20},
-                         legend={"orientation": "h", "yanchor": "top", "y": -LEGEND_GAP_PX / plot_height, "x": 0,
-                                 "xanchor": "left"})
+    return {"title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}}, "height": height,
+            "showlegend": legend, "hovermode": "closest", "margin": {"t": top, "b": bottom, "l": 60, "r": 20},
+            "legend": {"orientation": "h", "yanchor": "top", "y": -LEGEND_GAP_PX / plot_height, "x": 0,
+                       "xanchor": "left"}}
+
+
+def frame_time_chart(spec: Spec, title: str, start: Any, end: Any, bucket: str, *, height: int,
+                     legend: bool = True, top: int = 70, deployed_at: Any = None, events: pd.DataFrame | None = None,
+                     events_span: tuple[Any, Any] | None = None, labels_above: bool = False) -> str:
+    """layout(), time_axis() on every x axis, shade_windows() (when ``deployed_at`` is given) and
+    add_events() (over ``events_span``, default [start, end)) for a Spec. Returns add_events()' caption."""
+    spec.update(layout_props(title, height, legend, top))
+    axis = time_axis_props(start, end, bucket)
+    for name in spec.axes("x"):
+        spec.update({name: axis})
+    if deployed_at is not None:
+        spec.mark(*window_marks(deployed_at, start, end))
+    shapes, annotations, caption = event_marks(events, *(events_span or (start, end)), labels_above=labels_above)
+    spec.mark(shapes, annotations)
+    return caption
 
 
 def filename(name: str, start: Any = None, end: Any = None) -> str:
@@ -354,8 +404,104 @@ def png_config(name: str) -> dict[str, Any]:
     return {"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}, "displaylogo": False}
 
 
-def show(figure: go.Figure, key: str, filename: str) -> None:
+def show(figure: go.Figure | Spec, key: str, filename: str) -> None:
     """st.plotly_chart at full width; the modebar's camera button downloads ``filename``.png."""
     import streamlit as st
 
+    if isinstance(figure, Spec):
+        figure = figure.for_streamlit()
     st.plotly_chart(figure, width="stretch", key=key, config=png_config(filename))
+
+
+# --- figures as plotly JSON -------------------------------------------------------------------
+
+def utc_values(values: Iterable[Any]) -> list[Any]:
+    """Moments for a Spec's data or axis range, as naive UTC (plotly.js does not read UTC offsets; a
+    checked go.Figure converts them the same way); None for a missing one."""
+    return [None if value is None or pd.isna(value) else naive_utc(value) for value in values]
+
+
+# Set (to anything but 0) by the tests: every Spec shown or written is checked by plotly first.
+CHECK_SPECS_SETTING = "PGCACHE_CHECK_CHART_SPECS"
+
+
+@dataclass
+class Spec:
+    """A figure kept as plotly JSON: traces and layout as dicts and lists.
+
+    Building a chart through plotly's objects cost tens of milliseconds a chart (every property set is
+    looked up, checked and copied), most of a page's render; building the same JSON is plain Python. A
+    Spec is shown as it is; ``figure()`` gives the checked go.Figure, and with PGCACHE_CHECK_CHART_SPECS
+    set (the tests) every Spec shown or written is checked, so a wrong property still fails loudly."""
+
+    data: list[dict[str, Any]] = field(default_factory=list)
+    layout: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, figure: go.Figure) -> Spec:
+        """A Spec of a plotly figure (for layouts plotly works out, such as make_subplots' grids)."""
+        as_json = figure.to_dict()
+        as_json["layout"].pop("template", None)
+        return cls(as_json["data"], as_json["layout"])
+
+    def add(self, trace: dict[str, Any]) -> None:
+        self.data.append(trace)
+
+    def update(self, props: dict[str, Any]) -> None:
+        """Merge ``props`` into the layout, nested dicts key by key (as update_layout does)."""
+        _merge(self.layout, props)
+
+    def axes(self, letter: str) -> list[str]:
+        """The layout's axes of ``letter`` ("x" or "y"): "xaxis", "xaxis2", ... ("xaxis" when there is none)."""
+        names = sorted((k for k in self.layout if re.fullmatch(f"{letter}axis[0-9]*", k)),
+                       key=lambda k: int(k[5:] or 1))
+        return names or [f"{letter}axis"]
+
+    def mark(self, shapes: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> None:
+        self.layout.setdefault("shapes", []).extend(shapes)
+        self.layout.setdefault("annotations", []).extend(annotations)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figure's JSON with the default template, as go.Figure.to_dict() gives it."""
+        return {"data": self.data, "layout": {**self.layout, "template": _default_template()}}
+
+    def figure(self) -> go.Figure:
+        """The checked plotly figure (raises ValueError for a property plotly does not know)."""
+        return go.Figure(self.to_dict())
+
+    def for_streamlit(self) -> go.Figure:
+        """What st.plotly_chart takes without checking the figure again (it re-checks a dict)."""
+        if os.environ.get(CHECK_SPECS_SETTING, "0") not in ("", "0"):
+            return self.figure()
+        return _AsBuilt(self.to_dict())
+
+    def to_html(self, **options: Any) -> str:
+        if os.environ.get(CHECK_SPECS_SETTING, "0") not in ("", "0"):
+            self.figure()
+        return pio.to_html(self.to_dict(), validate=False, **options)
+
+
+class _AsBuilt(go.Figure):
+    """A go.Figure whose JSON is given: st.plotly_chart serializes a figure's to_dict() unchecked."""
+
+    def __init__(self, as_json: dict[str, Any]):
+        super().__init__()
+        self._as_json = as_json
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._as_json
+
+
+@cache
+def _default_template() -> dict[str, Any]:
+    return go.Figure().to_dict()["layout"]["template"]
+
+
+def _merge(target: dict[str, Any], props: dict[str, Any]) -> None:
+    for key, value in props.items():
+        if isinstance(value, dict):  # merged into a dict of the layout's own, never shared with ``props``
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            _merge(target[key], value)
+        else:
+            target[key] = value

@@ -12,7 +12,6 @@ import html
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-import plotly.graph_objects as go
 
 from cachelib import charts, formats, queries, review
 from cachelib.config import Settings, settings
@@ -32,8 +31,8 @@ th { background: #f9fafb; } td.num { text-align: right; font-variant-numeric: ta
 """
 
 
-def figures(data: review.MonthlyReview, config: Settings | None = None) -> dict[str, go.Figure]:
-    """The review's charts by name (hit_rate, load_reduction, calls), and the caption of what is marked."""
+def figures(data: review.MonthlyReview, config: Settings | None = None) -> dict[str, charts.Spec]:
+    """The review's charts by name (hit_rate, load_reduction, calls)."""
     config = config or settings()
     return {"hit_rate": hit_rate_figure(data, config), "load_reduction": load_figure(data, config),
             "calls": calls_figure(data)}
@@ -50,69 +49,71 @@ def _days(data: review.MonthlyReview) -> pd.DataFrame:
     return daily
 
 
-def _frame_days(figure: go.Figure, data: review.MonthlyReview, title: str, legend: bool = True) -> None:
+def _frame_days(spec: charts.Spec, data: review.MonthlyReview, title: str, legend: bool = True) -> None:
     """Whole UTC days of the period on the x axis, day ticks, the events marked, title and layout."""
     days = data.period.days
     start = datetime.combine(days[0], datetime.min.time())
     end = datetime.combine(days[-1], datetime.min.time()) + timedelta(days=1)
-    charts.time_axis(figure, start, end, "day")
-    charts.add_events(figure, data.events, data.period.start, data.period.end, labels_above=True)
-    charts.layout(figure, title, height=400, legend=legend, top=95)  # the events' labels sit above the plot
+    # The events' labels sit above the plot, in a taller top margin.
+    charts.frame_time_chart(spec, title, start, end, "day", height=400, legend=legend, top=95, events=data.events,
+                            events_span=(data.period.start, data.period.end), labels_above=True)
 
 
-def hit_rate_figure(data: review.MonthlyReview, config: Settings) -> go.Figure:
+def _percent_axis(spec: charts.Spec, title: str, targets: list[queries.Target]) -> None:
+    """A y axis of 0-100% titled ``title``, with a line for each of ``targets``."""
+    for target in targets:
+        spec.mark(*charts.target_marks(target))
+    spec.update({"yaxis": {**charts.zero_based_props(top=100), "title": {"text": title}}})
+
+
+def hit_rate_figure(data: review.MonthlyReview, config: Settings) -> charts.Spec:
     daily = _days(data)
-    figure = go.Figure()
+    spec = charts.Spec()
     for cache, rows in daily.groupby("cache_name", sort=True):
-        figure.add_trace(go.Scatter(
-            x=rows["x"], y=rows["hit_rate"], mode="lines+markers", name=formats.cache_label(cache),
-            line={"color": charts.series_color(cache)}, customdata=rows[["calls"]],
-            hovertemplate="%{x|%b %-d}: %{y:.1f}% of %{customdata[0]:,} calls<extra>"
-                          + formats.cache_label(cache) + "</extra>"))
-    for target in queries.targets(config):
-        if target.milestone == "Month 1" and target.metric == "hit_rate":
-            charts.add_target(figure, target)
-    charts.zero_based(figure, top=100)
-    figure.update_yaxes(title_text="Hit rate (%)")
-    _frame_days(figure, data, f"Hit rate per day, {data.period.title}")
-    return figure
+        spec.add({"type": "scatter", "x": rows["x"].tolist(), "y": rows["hit_rate"].tolist(), "mode": "lines+markers",
+                  "name": formats.cache_label(cache), "line": {"color": charts.series_color(cache)},
+                  "customdata": rows[["calls"]].to_numpy().tolist(),
+                  "hovertemplate": "%{x|%b %-d}: %{y:.1f}% of %{customdata[0]:,} calls<extra>"
+                                   + formats.cache_label(cache) + "</extra>"})
+    _percent_axis(spec, "Hit rate (%)", [t for t in queries.targets(config)
+                                         if t.milestone == "Month 1" and t.metric == "hit_rate"])
+    _frame_days(spec, data, f"Hit rate per day, {data.period.title}")
+    return spec
 
 
-def load_figure(data: review.MonthlyReview, config: Settings) -> go.Figure:
+def load_figure(data: review.MonthlyReview, config: Settings) -> charts.Spec:
     daily = _days(data)
     per_day = daily.groupby("x", as_index=False)[["compute_ms_saved", "compute_ms_spent"]].sum()
-    per_day["load_reduction"] = [queries.load_reduction(per_day.iloc[[i]]) for i in range(len(per_day))]
-    figure = go.Figure(go.Bar(x=per_day["x"], y=per_day["load_reduction"], name="all caches",
-                              marker_color=charts.series_color(None),
-                              hovertemplate="%{x|%b %-d}: %{y:.1f}%<extra></extra>"))
-    target = next(t for t in queries.targets(config) if t.metric == "load_reduction")
-    charts.add_target(figure, target)
-    charts.zero_based(figure, top=100)
-    figure.update_yaxes(title_text="Load reduction (%)")
-    _frame_days(figure, data, f"Database load reduction per day, {data.period.title}", legend=False)
-    return figure
+    shares = [queries.reduction(saved, spent)
+              for saved, spent in zip(per_day["compute_ms_saved"], per_day["compute_ms_spent"], strict=True)]
+    spec = charts.Spec()
+    spec.add({"type": "bar", "x": per_day["x"].tolist(), "y": shares, "name": "all caches",
+              "marker": {"color": charts.series_color(None)}, "hovertemplate": "%{x|%b %-d}: %{y:.1f}%<extra></extra>"})
+    goal = next(t for t in queries.targets(config) if t.metric == "load_reduction")
+    _percent_axis(spec, "Load reduction (%)", [goal])
+    _frame_days(spec, data, f"Database load reduction per day, {data.period.title}", legend=False)
+    return spec
 
 
-def calls_figure(data: review.MonthlyReview) -> go.Figure:
+def calls_figure(data: review.MonthlyReview) -> charts.Spec:
     daily = _days(data)
-    figure = go.Figure()
+    spec = charts.Spec()
     for cache, rows in daily.groupby("cache_name", sort=True):
-        figure.add_trace(go.Bar(x=rows["x"], y=rows["calls"], name=f"{formats.cache_label(cache)} calls",
-                                marker_color=charts.series_color(cache),
-                                hovertemplate="%{x|%b %-d}: %{y:,} calls<extra></extra>"))
+        spec.add({"type": "bar", "x": rows["x"].tolist(), "y": rows["calls"].tolist(),
+                  "name": f"{formats.cache_label(cache)} calls", "marker": {"color": charts.series_color(cache)},
+                  "hovertemplate": "%{x|%b %-d}: %{y:,} calls<extra></extra>"})
     invalidated = daily.groupby("x", as_index=False)["keys_invalidated"].sum()
     # Invalidations are far fewer than calls: their own axis, so the line does not lie flat at zero.
-    figure.add_trace(go.Scatter(x=invalidated["x"], y=invalidated["keys_invalidated"], mode="lines+markers",
-                                name="keys invalidated by writes (right axis)", yaxis="y2",
-                                line={"color": "#475569", "dash": "dot"},
-                                hovertemplate="%{x|%b %-d}: %{y:,} keys invalidated<extra></extra>"))
-    figure.update_layout(barmode="stack", yaxis_title_text="Calls",
-                         yaxis2={"title": {"text": "Keys invalidated"}, "overlaying": "y", "side": "right",
-                                 "showgrid": False,
-                                 **charts.count_ticks(invalidated["keys_invalidated"].max())})
-    charts.zero_based(figure)
-    _frame_days(figure, data, f"Calls and invalidations per day, {data.period.title}")
-    return figure
+    spec.add({"type": "scatter", "x": invalidated["x"].tolist(), "y": invalidated["keys_invalidated"].tolist(),
+              "mode": "lines+markers", "name": "keys invalidated by writes (right axis)", "yaxis": "y2",
+              "line": {"color": "#475569", "dash": "dot"},
+              "hovertemplate": "%{x|%b %-d}: %{y:,} keys invalidated<extra></extra>"})
+    spec.update({"barmode": "stack", "yaxis": {"title": {"text": "Calls"}, **charts.zero_based_props()},
+                 "yaxis2": {"title": {"text": "Keys invalidated"}, "overlaying": "y", "side": "right",
+                            "showgrid": False, **charts.zero_based_props(),
+                            **charts.count_ticks(invalidated["keys_invalidated"].max())}})
+    _frame_days(spec, data, f"Calls and invalidations per day, {data.period.title}")
+    return spec
 
 
 # --- the HTML report --------------------------------------------------------------------------

@@ -7,12 +7,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from cachelib import ui
+from cachelib import charts, ui
 from cachelib.maintenance import EMERGENCY_TOKEN
 
 ui.require_login()
@@ -140,25 +137,45 @@ def health() -> None:
 
 def status_segments(history: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
     """Runs of one status per check: check, status, start, end, records, value (the first record's),
-    source. A record's status stands until the next record of its check, at most HISTORY_HOLD."""
+    source; checks in the order they first appear. A record's status stands until the next record of its
+    check, at most HISTORY_HOLD. (One pass over all records: a pass per check cost 50 ms and more.)"""
     if history.empty:
         return pd.DataFrame(columns=["check", "status", "start", "end", "records", "value", "source"])
-    frame = history.assign(recorded_at=pd.to_datetime(history["recorded_at"], utc=True))
-    pieces = []
-    for check, group in frame.groupby("check_name", sort=False):
-        group = group.sort_values("recorded_at", kind="stable")
-        starts = group["recorded_at"]
-        following = starts.shift(-1).fillna(end)
-        ends = pd.concat([following, starts + HISTORY_HOLD], axis=1).min(axis=1).clip(upper=end)
-        new_run = (group["status"] != group["status"].shift()) | (starts != ends.shift())
-        run = new_run.cumsum()
-        pieces.append(pd.DataFrame({"check": check, "status": group["status"], "start": starts, "end": ends,
-                                    "value": group["value"], "source": group["source"], "run": run}))
-    records = pd.concat(pieces, ignore_index=True)
-    return (records.groupby(["check", "run"], sort=False)
-            .agg(status=("status", "first"), start=("start", "min"), end=("end", "max"),
+    first_seen = {check: n for n, check in enumerate(pd.unique(history["check_name"]))}
+    frame = (history.assign(recorded_at=pd.to_datetime(history["recorded_at"], utc=True),
+                            order=history["check_name"].map(first_seen))
+             .sort_values(["order", "recorded_at"], kind="stable").reset_index(drop=True))
+    check, starts, status = frame["check_name"], frame["recorded_at"], frame["status"]
+    next_same_check = check.shift(-1) == check
+    following = starts.shift(-1).where(next_same_check, end)
+    ends = pd.concat([following, starts + HISTORY_HOLD], axis=1).min(axis=1).clip(upper=end)
+    previous_same_check = check.shift() == check
+    new_run = ~previous_same_check | (status != status.shift()) | (starts != ends.shift())
+    records = pd.DataFrame({"check": check, "status": status, "start": starts, "end": ends, "value": frame["value"],
+                            "source": frame["source"], "run": new_run.cumsum()})
+    return (records.groupby("run", sort=False)
+            .agg(check=("check", "first"), status=("status", "first"), start=("start", "min"), end=("end", "max"),
                  records=("status", "size"), value=("value", "first"), source=("source", "first"))
-            .reset_index().drop(columns="run"))
+            .reset_index(drop=True))
+
+
+def timeline(segments: pd.DataFrame) -> charts.Spec:
+    """One horizontal bar per run of a status (from ``status_segments``), a row per check, in the status
+    colours; hovering a bar tells its check, status, span, records, first value and recorder."""
+    figure = charts.Spec()
+    for status in ("ok", "warning", "critical"):
+        rows = segments[segments["status"] == status]
+        if rows.empty:
+            continue
+        figure.add({
+            "type": "bar", "orientation": "h", "base": charts.utc_values(rows["start"]),
+            "x": ((rows["end"] - rows["start"]).dt.total_seconds() * 1000).tolist(), "y": rows["check"].tolist(),
+            "name": status, "legendgroup": status, "marker": {"color": ui.STATUS_CHART_COLOR[status]},
+            "customdata": rows[["since", "until", "records", "value", "source"]].to_numpy().tolist(),
+            "hovertemplate": "<b>%{y}</b>: " + status + "<br>From %{customdata[0]} to %{customdata[1]}"
+                             "<br>Records: %{customdata[2]}<br>Value: %{customdata[3]}"
+                             "<br>Recorded by: %{customdata[4]}<extra></extra>"})
+    return figure
 
 
 def health_history() -> None:
@@ -177,13 +194,7 @@ def health_history() -> None:
     order = [c for c in ui.read("health")["check_name"] if c in set(segments["check"])]
     order += sorted(set(segments["check"]) - set(order))
     segments = segments.assign(since=segments["start"].map(ui.fmt_time), until=segments["end"].map(ui.fmt_time))
-    figure = px.timeline(segments, x_start="start", x_end="end", y="check", color="status",
-                         color_discrete_map=ui.STATUS_CHART_COLOR,
-                         category_orders={"check": order, "status": ["ok", "warning", "critical"]},
-                         hover_data={"start": False, "end": False, "check": True, "status": True, "since": True,
-                                     "until": True, "records": True, "value": True, "source": True},
-                         labels={"check": "Check", "status": "Status", "since": "From", "until": "To",
-                                 "records": "Records", "value": "Value", "source": "Recorded by"})
+    figure = timeline(segments)
     # A warning or critical spell too short to see as a bar (one bad hour in 30 days) is also marked with a
     # diamond; longer spells are bars wide enough on their own.
     too_narrow = (segments["end"] - segments["start"]) < (end - start) / 150
@@ -191,22 +202,25 @@ def health_history() -> None:
     for status in ("warning", "critical"):
         rows = flagged[flagged["status"] == status]
         if not rows.empty:
-            figure.add_trace(go.Scatter(
-                x=rows["start"] + (rows["end"] - rows["start"]) / 2, y=rows["check"], mode="markers",
-                marker={"symbol": "diamond", "size": 11, "line": {"width": 1, "color": "#ffffff"},
-                        "color": ui.STATUS_CHART_COLOR[status]},
-                name=status, legendgroup=status, showlegend=False,
-                customdata=rows[["value"]], hovertemplate="%{y}: " + status + " at %{x}<br>%{customdata[0]}"
-                                                          "<extra></extra>"))
+            figure.add({
+                "type": "scatter", "x": charts.utc_values(rows["start"] + (rows["end"] - rows["start"]) / 2),
+                "y": rows["check"].tolist(), "mode": "markers",
+                "marker": {"symbol": "diamond", "size": 11, "line": {"width": 1, "color": "#ffffff"},
+                           "color": ui.STATUS_CHART_COLOR[status]},
+                "name": status, "legendgroup": status, "showlegend": False,
+                "customdata": rows[["value"]].to_numpy().tolist(),
+                "hovertemplate": "%{y}: " + status + " at %{x}<br>%{customdata[0]}<extra></extra>"})
     # A history younger than the period is drawn from its first record (a few slivers at the right edge of
     # 30 days would say nothing); the caption says so.
     first = segments["start"].min()
     shown_from = max(start, first - max((end - first) * 0.05, pd.Timedelta(minutes=10)))
-    figure.update_yaxes(title_text=None, categoryorder="array", categoryarray=order, autorange="reversed")
-    figure.update_xaxes(title_text="Time (UTC)", range=[shown_from, end + (end - shown_from) * 0.015])
-    figure.update_layout(height=90 + 34 * len(order), margin={"t": 40, "b": 40, "l": 10, "r": 10},
-                         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "title_text": "Status"})
-    st.plotly_chart(figure, width="stretch", key="chart_health_history")
+    figure.update({
+        "height": 90 + 34 * len(order), "margin": {"t": 40, "b": 40, "l": 10, "r": 10}, "barmode": "overlay",
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "title": {"text": "Status"}},
+        "yaxis": {"title": {"text": None}, "categoryorder": "array", "categoryarray": order, "autorange": "reversed"},
+        "xaxis": {"type": "date", "title": {"text": "Time (UTC)"},
+                  "range": charts.utc_values([shown_from, end + (end - shown_from) * 0.015])}})
+    charts.show(figure, key="chart_health_history", filename=charts.filename("health-history", start, end))
     since = f"First record in the last {days} days: {ui.fmt_time(first)}. " if shown_from > start else ""
     st.caption(since + "Recorded by every cleanup (scheduled or by hand: the state the cleanup found, before it "
                "removed anything) and by every Run health check. A status stands until the next record, at most "
@@ -233,24 +247,25 @@ def cleanup_statistics() -> None:
     most = float(stats[list(counts)].max().max() or 0)
     freed_max = float(stats["bytes_freed"].max() or 0)
     unit, scale = ("MB", 1024 * 1024) if freed_max >= 1024 * 1024 else ("KB", 1024)
-    figure = make_subplots(specs=[[{"secondary_y": True}]])
     # Neutral colours: green, orange and red mean ok, warning and critical on this page.
-    for column, label, colour in zip(counts, ("expired removed", "evicted (size bound)", "never hit before expiry"),
-                                     CLEANUP_COLORS, strict=True):
-        figure.add_trace(go.Bar(x=stats["day"], y=stats[column], name=label, marker_color=colour),
-                         secondary_y=False)
-    figure.add_trace(go.Scatter(x=stats["day"], y=stats["bytes_freed"] / scale, name=f"{unit} freed",
-                                mode="lines+markers", line={"color": "#334155"}), secondary_y=True)
+    days = charts.utc_values(stats["day"])
+    bars = [{"type": "bar", "x": days, "y": stats[column].tolist(), "name": label, "marker": {"color": colour}}
+            for column, label, colour in zip(counts, ("expired removed", "evicted (size bound)",
+                                                      "never hit before expiry"), CLEANUP_COLORS, strict=True)]
+    freed = {"type": "scatter", "x": days, "y": (stats["bytes_freed"] / scale).tolist(), "name": f"{unit} freed",
+             "mode": "lines+markers", "line": {"color": "#334155"}, "yaxis": "y2"}
     # Both axes start at zero (a dip must not look like a collapse); the legend sits above the plot,
     # clear of the axis titles; one tick per day for daily figures.
-    figure.update_layout(barmode="group", height=340, margin={"t": 60, "b": 40},
-                         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
-    figure.update_xaxes(title_text="Day (UTC)", dtick=DAY_MS, tickformat="%b %d")
-    figure.update_yaxes(title_text="Entries (count)", range=[0, max(most * 1.15, 5)], secondary_y=False,
-                        rangemode="tozero", **({"dtick": 1} if most <= 5 else {}))
-    figure.update_yaxes(title_text=f"Freed ({unit})", range=[0, max(freed_max / scale * 1.15, 1)],
-                        secondary_y=True, rangemode="tozero", showgrid=False, tickmode="auto", nticks=6)
-    st.plotly_chart(figure, width="stretch", key="chart_cleanup")
+    figure = charts.Spec([*bars, freed], {
+        "barmode": "group", "height": 340, "margin": {"t": 60, "b": 40},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        "xaxis": {"title": {"text": "Day (UTC)"}, "dtick": DAY_MS, "tickformat": "%b %d"},
+        "yaxis": {"title": {"text": "Entries (count)"}, "range": [0, max(most * 1.15, 5)], "rangemode": "tozero",
+                  **({"dtick": 1} if most <= 5 else {})},
+        "yaxis2": {"title": {"text": f"Freed ({unit})"}, "range": [0, max(freed_max / scale * 1.15, 1)],
+                   "rangemode": "tozero", "showgrid": False, "tickmode": "auto", "nticks": 6, "overlaying": "y",
+                   "side": "right"}})
+    charts.show(figure, key="chart_cleanup", filename=charts.filename("cleanups-7-days"))
     total = stats[["entries_removed", "entries_evicted"]].sum().sum()
     st.caption(f"{int(stats['cleanups'].sum())} cleanups removed {int(total)} entries and freed "
                f"{ui.fmt_bytes(stats['bytes_freed'].sum())} in 7 days.")
@@ -300,6 +315,8 @@ with ui.guard("the deployment verification"):
 
 def monitoring() -> None:
     """the maintenance monitoring"""
+    # The sections' fixed reads side by side: the time of the slowest instead of the sum.
+    ui.prefetch("health", ("cleanup_stats", {"days": 7}), ("cleanup_log", {"limit": 50}), ("audit_log", {"limit": 100}))
     with ui.guard("the health checks"):
         health()
     with ui.guard("the health history"):

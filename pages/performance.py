@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
@@ -154,13 +153,11 @@ def load_series() -> tuple[pd.DataFrame, str | None]:
     return load.assign(load_reduction=pd.to_numeric(pd.Series(shares, index=load.index), errors="coerce")), note
 
 
-def finish(figure: go.Figure, title: str, events: pd.DataFrame, height: int, legend: bool = True) -> str:
+def finish(figure: charts.Spec, title: str, events: pd.DataFrame, height: int, legend: bool = True) -> str:
     """The shared look: exact time axis, the target windows, what happened. Returns the sentence about the
     vertical lines for the caption: in full under the first chart of the page, then a pointer to it."""
-    charts.layout(figure, title, height=height, legend=legend)
-    charts.time_axis(figure, range_start, range_end, bucket)
-    charts.shade_windows(figure, deployment.deployed_at, range_start, range_end)
-    sentence = charts.add_events(figure, events, range_start, range_end)
+    sentence = charts.frame_time_chart(figure, title, range_start, range_end, bucket, height=height, legend=legend,
+                                       deployed_at=deployment.deployed_at, events=events)
     if sentence in told:
         return " Vertical lines as on the chart above." if not events.empty else ""
     told.add(sentence)
@@ -216,7 +213,7 @@ def scorecard(totals: pd.DataFrame, status: pd.DataFrame) -> None:
                "outside the filter are left out; load reduction is judged on all caches together.")
 
 
-def hit_rate_chart(series: pd.DataFrame, events: pd.DataFrame) -> None:
+def hit_rate_chart(series: pd.DataFrame, grids: dict[str, pd.DataFrame], events: pd.DataFrame) -> None:
     st.subheader("Hit rate per cache")
     if not chosen:
         ui.no_data(CHOOSE)
@@ -225,24 +222,26 @@ def hit_rate_chart(series: pd.DataFrame, events: pd.DataFrame) -> None:
     if not caches:
         ui.no_data(f"No calls to the chosen caches in {period}.")
         return
-    figure = make_subplots(rows=len(caches), cols=1, shared_xaxes=True, vertical_spacing=0.14,
-                           subplot_titles=[ui.cache_label(c) for c in caches])
+    # plotly works out the grid (rows, shared x axis, subplot titles); the rest is built as JSON.
+    figure = charts.Spec.of(make_subplots(rows=len(caches), cols=1, shared_xaxes=True, vertical_spacing=0.14,
+                                          subplot_titles=[ui.cache_label(c) for c in caches]))
     for row, cache in enumerate(caches, start=1):
-        data = on_grid(series[series["cache_name"] == cache])
+        data = grids[cache]
         color = charts.series_color(cache)
-        figure.add_trace(go.Scatter(
-            x=data["mid"], y=data["hit_rate"], mode="lines+markers", name=ui.cache_label(cache),
-            line={"color": color, "width": 2}, marker={"size": 6 if bucket != "hour" else 4}, cliponaxis=False,
-            connectgaps=False,
-            customdata=data[["label", "hits", "misses", "fallbacks"]],
-            hovertemplate="%{customdata[0]}<br>hit rate %{y:.1f}%<br>hits %{customdata[1]:,}, misses "
-                          "%{customdata[2]:,}, fallbacks %{customdata[3]:,}<extra>" + ui.cache_label(cache)
-                          + "</extra>"), row=row, col=1)
+        x, y = ("x", "y") if row == 1 else (f"x{row}", f"y{row}")
+        figure.add({
+            "type": "scatter", "xaxis": x, "yaxis": y, "x": data["mid"].tolist(), "y": data["hit_rate"].tolist(),
+            "mode": "lines+markers", "name": ui.cache_label(cache), "line": {"color": color, "width": 2},
+            "marker": {"size": 6 if bucket != "hour" else 4}, "cliponaxis": False, "connectgaps": False,
+            "customdata": data[["label", "hits", "misses", "fallbacks"]].to_numpy().tolist(),
+            "hovertemplate": "%{customdata[0]}<br>hit rate %{y:.1f}%<br>hits %{customdata[1]:,}, misses "
+                             "%{customdata[2]:,}, fallbacks %{customdata[3]:,}<extra>" + ui.cache_label(cache)
+                             + "</extra>"})
         for target in queries.targets():
             if target.cache_name == cache:
-                charts.add_target(figure, target, row=row, col=1)
-        figure.update_yaxes(title_text="Hit rate (%)", ticksuffix="%", row=row, col=1)
-    charts.zero_based(figure, top=100)
+                figure.mark(*charts.target_marks(target, x=x, y=y))
+        figure.update({f"yaxis{row if row > 1 else ''}": {"title": {"text": "Hit rate (%)"}, "ticksuffix": "%",
+                                                           **charts.zero_based_props(top=100)}})
     note = finish(figure, f"Hit rate per cache, {period} ({every}, UTC)", events, 250 * len(caches) + 130,
                   legend=False)
     charts.show(figure, key="chart_hit_rate", filename=charts.filename("hit-rate", range_start, range_end))
@@ -263,17 +262,18 @@ def load_chart(load: pd.DataFrame, note: str | None, events: pd.DataFrame) -> No
     color = charts.series_color(chosen[0]) if len(chosen) == 1 else charts.ALL_CACHES_COLOR
     widths = [(end - start) / timedelta(milliseconds=1) * 0.8 for start, end in zip(load["start"], load["end"],
                                                                                       strict=True)]
-    figure = go.Figure(go.Bar(
+    figure = charts.Spec()
+    figure.add({
         # Lighter bars, so that the target line in the same colour shows where it crosses them.
-        x=load["mid"], y=load["load_reduction"], width=widths, marker_color=color, marker_opacity=0.55,
-        name=f"Load reduction ({which})",
-        customdata=load[["label", "compute_ms_saved", "compute_ms_spent"]],
-        hovertemplate="%{customdata[0]}<br>load reduction %{y:.1f}%<br>query time avoided %{customdata[1]:,.0f} ms,"
-                      " spent %{customdata[2]:,.0f} ms<extra></extra>"))
+        "type": "bar", "x": load["mid"].tolist(), "y": load["load_reduction"].tolist(), "width": widths,
+        "marker": {"color": color, "opacity": 0.55}, "name": f"Load reduction ({which})",
+        "customdata": load[["label", "compute_ms_saved", "compute_ms_spent"]].to_numpy().tolist(),
+        "hovertemplate": "%{customdata[0]}<br>load reduction %{y:.1f}%<br>query time avoided %{customdata[1]:,.0f} ms,"
+                         " spent %{customdata[2]:,.0f} ms<extra></extra>"})
     goal = next(t for t in queries.targets() if t.metric == "load_reduction")
-    charts.add_target(figure, goal, color=color)
-    charts.zero_based(figure, top=100)
-    figure.update_yaxes(title_text="Load reduction (%)", ticksuffix="%")
+    figure.mark(*charts.target_marks(goal, color=color))
+    figure.update({"yaxis": {"title": {"text": "Load reduction (%)"}, "ticksuffix": "%",
+                             **charts.zero_based_props(top=100)}})
     events_note = finish(figure, f"Database load reduction ({which}), {period} ({every}, UTC)", events, 360,
                          legend=False)
     charts.show(figure, key="chart_load", filename=charts.filename("load-reduction", range_start, range_end))
@@ -286,7 +286,7 @@ def load_chart(load: pd.DataFrame, note: str | None, events: pd.DataFrame) -> No
                + target_note + (note if note else "") + events_note)
 
 
-def response_chart(series: pd.DataFrame, events: pd.DataFrame) -> None:
+def response_chart(series: pd.DataFrame, grids: dict[str, pd.DataFrame], events: pd.DataFrame) -> None:
     st.subheader("Response time: hit vs miss")
     if not chosen:
         ui.no_data(CHOOSE)
@@ -295,20 +295,20 @@ def response_chart(series: pd.DataFrame, events: pd.DataFrame) -> None:
     if timed.empty:
         ui.no_data(f"No timed calls to the chosen caches in {period}.")
         return
-    figure = go.Figure()
+    figure = charts.Spec()
     for cache in [c for c in chosen if c in set(timed["cache_name"])]:
-        data = on_grid(timed[timed["cache_name"] == cache])
+        data = grids[cache]
         for column, kind, dash in (("avg_hit_ms", "hit (from cache)", "solid"),
                                    ("avg_miss_ms", "miss (computed)", "dot")):
-            figure.add_trace(go.Scatter(
-                x=data["mid"], y=data[column], mode="lines+markers", name=f"{ui.cache_label(cache)}: {kind}",
-                line={"color": charts.series_color(cache), "dash": dash, "width": 2},
-                marker={"size": 5 if bucket != "hour" else 4, "symbol": "circle" if dash == "solid" else "diamond"},
-                connectgaps=False,
-                customdata=data[["label"]], hovertemplate="%{customdata[0]}<br>%{y:.2f} ms<extra>"
-                + f"{ui.cache_label(cache)}: {kind}</extra>"))
-    charts.log_axis(figure, pd.concat([timed["avg_hit_ms"], timed["avg_miss_ms"]]))
-    figure.update_yaxes(title_text="Mean response time (log scale)")
+            figure.add({
+                "type": "scatter", "x": data["mid"].tolist(), "y": data[column].tolist(), "mode": "lines+markers",
+                "name": f"{ui.cache_label(cache)}: {kind}",
+                "line": {"color": charts.series_color(cache), "dash": dash, "width": 2},
+                "marker": {"size": 5 if bucket != "hour" else 4, "symbol": "circle" if dash == "solid" else "diamond"},
+                "connectgaps": False, "customdata": data[["label"]].to_numpy().tolist(),
+                "hovertemplate": "%{customdata[0]}<br>%{y:.2f} ms<extra>" + f"{ui.cache_label(cache)}: {kind}</extra>"})
+    figure.update({"yaxis": {"title": {"text": "Mean response time (log scale)"},
+                             **charts.log_axis_props(pd.concat([timed["avg_hit_ms"], timed["avg_miss_ms"]]))}})
     note = finish(figure, f"Mean response time, hit vs miss, {period} ({every}, UTC)", events, 460)
     charts.show(figure, key="chart_response", filename=charts.filename("response-time", range_start, range_end))
     hits = (timed["avg_hit_ms"].fillna(0) * timed["hits"]).sum() / max(timed["hits"].sum(), 1)
@@ -330,13 +330,13 @@ def size_chart() -> None:
     if classes.empty:
         ui.no_data("No data yet: the cache holds no entries.")
         return
-    figure = go.Figure()
+    figure = charts.Spec()
     truncated = []
     if all_chosen:
-        figure.add_trace(go.Bar(x=classes["size_class"], y=classes["entries"], text=classes["entries"],
-                                marker_color=charts.ALL_CACHES_COLOR, name="all caches",
-                                customdata=classes["total_bytes"].map(ui.fmt_bytes),
-                                hovertemplate="%{x}: %{y:,} entries, %{customdata}<extra></extra>"))
+        figure.add({"type": "bar", "x": classes["size_class"].tolist(), "y": classes["entries"].tolist(),
+                    "text": classes["entries"].tolist(), "marker": {"color": charts.ALL_CACHES_COLOR},
+                    "name": "all caches", "customdata": classes["total_bytes"].map(ui.fmt_bytes).tolist(),
+                    "hovertemplate": "%{x}: %{y:,} entries, %{customdata}<extra></extra>"})
         shown = int(classes["entries"].sum())
     else:
         # No size read per cache: class the chosen caches' entries (up to 10,000 each) by the same bounds.
@@ -348,21 +348,18 @@ def size_chart() -> None:
                 truncated.append(ui.cache_label(cache))
             position = pd.cut(entries["size_bytes"].astype(float), bins=[*bounds, float("inf")], right=False,
                               labels=False) if not entries.empty else pd.Series(dtype=float)
-            counts = position.value_counts().reindex(range(len(bounds)), fill_value=0)
-            shown += int(counts.sum())
-            figure.add_trace(go.Bar(x=classes["size_class"], y=list(counts), text=list(counts),
-                                    marker_color=charts.series_color(cache), name=ui.cache_label(cache),
-                                    hovertemplate="%{x}: %{y:,} entries<extra>" + ui.cache_label(cache)
-                                    + "</extra>"))
+            counts = [int(n) for n in position.value_counts().reindex(range(len(bounds)), fill_value=0)]
+            shown += sum(counts)
+            figure.add({"type": "bar", "x": classes["size_class"].tolist(), "y": counts, "text": counts,
+                        "marker": {"color": charts.series_color(cache)}, "name": ui.cache_label(cache),
+                        "hovertemplate": "%{x}: %{y:,} entries<extra>" + ui.cache_label(cache) + "</extra>"})
     if shown == 0:
         ui.no_data("No data yet: the chosen caches hold no entries.")
         return
-    charts.layout(figure, "Entries by size, now" + ("" if all_chosen else " (" + ", ".join(
-        ui.cache_label(c) for c in chosen) + ")"), height=320, legend=not all_chosen)
-    figure.update_layout(barmode="group")
-    figure.update_xaxes(title_text="Entry size")
-    figure.update_yaxes(title_text="Entries (count)")
-    charts.zero_based(figure)
+    figure.update(charts.layout_props("Entries by size, now" + ("" if all_chosen else " (" + ", ".join(
+        ui.cache_label(c) for c in chosen) + ")"), height=320, legend=not all_chosen))
+    figure.update({"barmode": "group", "xaxis": {"title": {"text": "Entry size"}},
+                   "yaxis": {"title": {"text": "Entries (count)"}, **charts.zero_based_props()}})
     charts.show(figure, key="chart_sizes", filename=charts.filename("entry-sizes"))
     st.caption("Entries held now (live and expired, not yet cleaned up), by stored size."
                + (f" Largest 10,000 entries only for {', '.join(truncated)}." if truncated else ""))
@@ -371,6 +368,11 @@ def size_chart() -> None:
 def page() -> None:
     """the performance figures"""
     told.clear()
+    # The page's reads side by side: the time of the slowest instead of the sum.
+    span = {"start": aware(range_start), "end": aware(range_end)}
+    ui.prefetch(("period_totals", span), "target_status", ("events", span), "size_distribution",
+                ("hit_rate_series", {"days": days, "bucket": source_bucket}),
+                *([("load_reduction_series", {"days": days, "bucket": source_bucket})] if all_chosen else []))
     totals = ui.numeric(ui.read("period_totals", start=aware(range_start), end=aware(range_end)), "hit_rate",
                         "compute_ms_spent", "compute_ms_saved")
     status = ui.numeric(ui.read("target_status"), "measured", "goal")
@@ -378,13 +380,15 @@ def page() -> None:
     with ui.guard("the targets"):
         scorecard(totals, status)
     series = hit_rates() if chosen else pd.DataFrame()
+    # Each chosen cache's series with a row for every bucket, for the hit-rate and response-time charts.
+    grids = {cache: on_grid(rows) for cache, rows in series.groupby("cache_name")} if not series.empty else {}
     with ui.guard("the hit-rate chart"):
-        hit_rate_chart(series, events)
+        hit_rate_chart(series, grids, events)
     with ui.guard("the load-reduction chart"):
         load, note = load_series() if chosen else (pd.DataFrame(), None)
         load_chart(load, note, events)
     with ui.guard("the response-time chart"):
-        response_chart(series, events)
+        response_chart(series, grids, events)
     with ui.guard("the size distribution"):
         size_chart()
 

@@ -60,12 +60,13 @@ def streamlit_server(db_url: str, work: Path, admin_password: str = ADMIN_PASSWO
     """The real app under `streamlit run` on a free port against ``db_url``; yields its url and log.
 
     ``work`` holds the credentials file and the server's log. ``CACHE_DEPLOYED_AT`` is not passed on,
-    so the deployment is the database's own."""
+    so the deployment is the database's own. Charts are sent as in production, unchecked by plotly
+    (the in-process AppTest runs check every one): the browser reads the JSON the dashboard builds."""
     require_chromium()
     env = {**os.environ, "DATABASE_URL": db_url, "DASHBOARD_AUTH_FILE": str(work / "auth.yaml"),
            "DASHBOARD_COOKIE_KEY": f"browser-test-cookie-key-{work.name}-0123456789abcdef",
            "DASHBOARD_ADMIN_PASSWORD": admin_password, "DASHBOARD_REFRESH_SECONDS": str(refresh_seconds),
-           "PYTHONPATH": str(ROOT), **(extra_env or {})}
+           "PYTHONPATH": str(ROOT), "PGCACHE_CHECK_CHART_SPECS": "0", **(extra_env or {})}
     env.pop("CACHE_DEPLOYED_AT", None)
     assert auth.ensure_credentials(Settings.from_env(env))[0] == ("admin", admin_password)
     port = free_port()

@@ -26,6 +26,9 @@ from cachelib.db import Database
 from cachelib.manager import CacheManager
 from tests.servers import pg15_unavailable_reason, start_pg15
 
+# Every chart a test draws (in this process and in the servers it starts) is checked by plotly.
+os.environ.setdefault("PGCACHE_CHECK_CHART_SPECS", "1")
+
 TEMPLATE = "pgcache_template"
 _copies = itertools.count(1)
 

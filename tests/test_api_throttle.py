@@ -369,7 +369,8 @@ def test_a_free_turn_that_cannot_take_its_lock_in_time_is_refused(db_url, conn):
             with pytest.raises(Throttled):
                 FailureThrottle().free_turn(API, ["address:198.51.100.61"], checked.append, database)
             holder.rollback()
-        assert FailureThrottle().free_turn(API, ["address:198.51.100.61"], lambda _conn: "yes", database).result == "yes"
+        turn = FailureThrottle().free_turn(API, ["address:198.51.100.61"], lambda _conn: "yes", database)
+        assert turn.result == "yes"
     finally:
         database.close()
     assert counted(conn, "address:198.51.100.61") == 0

@@ -153,7 +153,7 @@ def test_html_report_is_self_contained_and_printable(history):
 
 def test_the_charts_label_each_axis_with_what_it_counts(history):
     _url, database = history
-    drawn = report.figures(_build(database, date(2026, 10, 1)))
+    drawn = {name: spec.figure() for name, spec in report.figures(_build(database, date(2026, 10, 1))).items()}
     calls = drawn["calls"].layout
     assert calls.yaxis.title.text == "Calls" and calls.yaxis2.title.text == "Keys invalidated"
     assert calls.yaxis2.dtick >= 1 and calls.yaxis2.tickformat == ",d"  # whole keys, never 3.58
