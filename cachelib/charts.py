@@ -439,10 +439,31 @@ class Spec:
 
     @classmethod
     def of(cls, figure: go.Figure) -> Spec:
-        """A Spec of a plotly figure (for layouts plotly works out, such as make_subplots' grids)."""
+        """A Spec of a plotly figure."""
         as_json = figure.to_dict()
         as_json["layout"].pop("template", None)
         return cls(as_json["data"], as_json["layout"])
+
+    @classmethod
+    def rows(cls, titles: list[str], spacing: float) -> Spec:
+        """Rows sharing one x axis (tick labels under the bottom row), each titled: the layout of
+        make_subplots(rows=len(titles), cols=1, shared_xaxes=True, vertical_spacing=spacing,
+        subplot_titles=titles). Row n's axes are "x{n}"/"y{n}" ("x"/"y" for the first)."""
+        count = len(titles)
+        height = (1 - spacing * (count - 1)) / count
+        layout: dict[str, Any] = {"annotations": []}
+        for row in range(1, count + 1):
+            suffix = "" if row == 1 else str(row)
+            top = 1 - (row - 1) * (height + spacing)
+            bottom = 0.0 if row == count else top - height
+            layout[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": [0.0, 1.0]}
+            if row < count:
+                layout[f"xaxis{suffix}"].update(matches=f"x{count if count > 1 else ''}", showticklabels=False)
+            layout[f"yaxis{suffix}"] = {"anchor": f"x{suffix}", "domain": [bottom, top]}
+            layout["annotations"].append({"font": {"size": 16}, "showarrow": False, "text": titles[row - 1],
+                                          "x": 0.5, "xanchor": "center", "xref": "paper", "y": top,
+                                          "yanchor": "bottom", "yref": "paper"})
+        return cls([], layout)
 
     def add(self, trace: dict[str, Any]) -> None:
         self.data.append(trace)

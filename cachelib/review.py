@@ -16,6 +16,7 @@ Months are UTC calendar months, clipped to the deployment and to now.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -144,16 +145,18 @@ def build(month: date | None = None, database: Database | None = None,
     info = queries.deployment(database, config)
     month = month or default_month(info.deployed_at, info.now)
     span = period(month, info.deployed_at, info.now)
-    daily = daily_rows(span, database)
-    health = queries.health_history(span.start, span.end, database=database)
-    return MonthlyReview(
-        period=span, deployed_at=info.deployed_at, demo_data=info.demo_data,
-        targets=target_rows(span, info.deployed_at, database, config),
-        daily=daily, top_keys=top_keys(span, database),
-        events=queries.events(span.start, span.end, database=database),
-        cleanups=cleanup_summary(span, database),
-        health=health_summary(health),
-    )
+    # The month's reads side by side (each on its own pooled connection): the time of the slowest.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        reads = {"targets": pool.submit(target_rows, span, info.deployed_at, database, config),
+                 "daily": pool.submit(daily_rows, span, database),
+                 "top_keys": pool.submit(top_keys, span, database),
+                 "events": pool.submit(queries.events, span.start, span.end, database=database),
+                 "cleanups": pool.submit(cleanup_summary, span, database),
+                 "health": pool.submit(queries.health_history, span.start, span.end, database=database)}
+        read = {name: future.result() for name, future in reads.items()}
+    return MonthlyReview(period=span, deployed_at=info.deployed_at, demo_data=info.demo_data,
+                         targets=read["targets"], daily=read["daily"], top_keys=read["top_keys"],
+                         events=read["events"], cleanups=read["cleanups"], health=health_summary(read["health"]))
 
 
 def target_rows(span: Period, deployed_at: datetime, database: Database, config: Settings) -> pd.DataFrame:
@@ -281,15 +284,18 @@ def health_summary(history: pd.DataFrame) -> pd.DataFrame:
     columns = ["check_name", "worst", "not_ok", "runs", "last_status", "last_value", "recommendation"]
     if history.empty:
         return pd.DataFrame(columns=columns)
-    rows = []
-    for check, group in history.sort_values("recorded_at").groupby("check_name", sort=True):
-        rank = group["status"].map(SEVERITY).fillna(0)
-        worst = group[rank == rank.max()].iloc[-1]
-        last = group.iloc[-1]
-        rows.append({"check_name": check, "worst": worst["status"], "not_ok": int((rank > 0).sum()),
-                     "runs": len(group), "last_status": last["status"], "last_value": last["value"],
-                     "recommendation": worst["recommendation"]})
-    frame = pd.DataFrame(rows, columns=columns)
+    # One pass in plain Python: a few thousand records, where a pandas pass per check cost the page 30 ms.
+    ordered = history.sort_values("recorded_at")
+    checks: dict[str, dict] = {}
+    columns_as_lists = (ordered[c].tolist() for c in ("check_name", "status", "value", "recommendation"))
+    for check, status, value, recommendation in zip(*columns_as_lists, strict=True):
+        rank = SEVERITY.get(status, 0)
+        summary = checks.setdefault(check, {"check_name": check, "rank": rank, "not_ok": 0, "runs": 0})
+        if rank >= summary["rank"]:  # the latest record at the check's worst
+            summary.update(rank=rank, worst=status, recommendation=recommendation)
+        summary.update(not_ok=summary["not_ok"] + (rank > 0), runs=summary["runs"] + 1, last_status=status,
+                       last_value=value)
+    frame = pd.DataFrame([checks[check] for check in sorted(checks)], columns=columns)
     order = frame["worst"].map(SEVERITY).fillna(0)
     return frame.assign(_o=-order).sort_values(["_o", "check_name"]).drop(columns="_o").reset_index(drop=True)
 

@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pandas as pd
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from cachelib import charts, queries, ui
 
@@ -93,10 +92,14 @@ def regroup(frame: pd.DataFrame, sums: list[str], by: list[str]) -> pd.DataFrame
     return grouped.merge(grid, on="start", how="inner").sort_values(["start", *by])
 
 
-def on_grid(data: pd.DataFrame) -> pd.DataFrame:
-    """``data`` (one cache's rows of a regrouped series) with a row for every bucket of the range: a bucket
-    without calls has no value, so the line breaks there instead of bridging it."""
-    return grid.merge(data.drop(columns=["end", "mid", "label", "partial"]), on="start", how="left")
+def on_grid(series: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each cache's rows of a regrouped series with a row for every bucket of the range: a bucket without
+    calls has no value, so the line breaks there instead of bridging it. (One reindex for all caches.)"""
+    caches = list(dict.fromkeys(series["cache_name"]))
+    values = series.drop(columns=["end", "mid", "label", "partial"]).set_index(["cache_name", "start"])
+    full = values.reindex(pd.MultiIndex.from_product([caches, grid["start"]], names=["cache_name", "start"]))
+    buckets = grid.set_index("start")
+    return {cache: buckets.join(full.loc[cache]).reset_index() for cache in caches}
 
 
 def hit_rates() -> pd.DataFrame:
@@ -222,9 +225,7 @@ def hit_rate_chart(series: pd.DataFrame, grids: dict[str, pd.DataFrame], events:
     if not caches:
         ui.no_data(f"No calls to the chosen caches in {period}.")
         return
-    # plotly works out the grid (rows, shared x axis, subplot titles); the rest is built as JSON.
-    figure = charts.Spec.of(make_subplots(rows=len(caches), cols=1, shared_xaxes=True, vertical_spacing=0.14,
-                                          subplot_titles=[ui.cache_label(c) for c in caches]))
+    figure = charts.Spec.rows([ui.cache_label(c) for c in caches], spacing=0.14)
     for row, cache in enumerate(caches, start=1):
         data = grids[cache]
         color = charts.series_color(cache)
@@ -381,7 +382,7 @@ def page() -> None:
         scorecard(totals, status)
     series = hit_rates() if chosen else pd.DataFrame()
     # Each chosen cache's series with a row for every bucket, for the hit-rate and response-time charts.
-    grids = {cache: on_grid(rows) for cache, rows in series.groupby("cache_name")} if not series.empty else {}
+    grids = on_grid(series) if not series.empty else {}
     with ui.guard("the hit-rate chart"):
         hit_rate_chart(series, grids, events)
     with ui.guard("the load-reduction chart"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import pandas as pd
 import plotly.graph_objects as go
 import psycopg
 import pytest
@@ -62,57 +64,57 @@ def test_labels_name_their_dates():
 
 # --- axes --------------------------------------------------------------------------------------
 
+def checked(spec: charts.Spec) -> go.Figure:
+    """The Spec as plotly checks and reads it."""
+    return spec.figure()
+
+
+def x_axis(start, end, bucket) -> go.layout.XAxis:
+    return checked(charts.Spec(layout={"xaxis": charts.time_axis_props(start, end, bucket)})).layout.xaxis
+
+
 def test_a_daily_axis_has_day_ticks_and_exactly_the_period():
-    figure = go.Figure(go.Bar(x=charts.periods(NOV_1, NOV_1 + timedelta(days=14), "day")["mid"], y=[1] * 14))
-    charts.time_axis(figure, NOV_1, NOV_1 + timedelta(days=14), "day")
-    axis = figure.layout.xaxis
+    axis = x_axis(NOV_1, NOV_1 + timedelta(days=14), "day")
     assert axis.dtick == DAY_MS and axis.tickformat == "%b %-d" and "%H" not in axis.tickformat
     assert [datetime.fromisoformat(str(v)) for v in axis.range] == [NOV_1, NOV_1 + timedelta(days=14)]
     # The tick sits under the bar (noon), not at an hour of its own.
     assert datetime.fromisoformat(str(axis.tick0)) == datetime(2025, 11, 1, 12)
-    month = go.Figure()
-    charts.time_axis(month, NOV_1, DEC_1, "day")
-    assert month.layout.xaxis.dtick in (2 * DAY_MS, 3 * DAY_MS) and 30 / (month.layout.xaxis.dtick / DAY_MS) <= 16
+    month = x_axis(NOV_1, DEC_1, "day")
+    assert month.dtick in (2 * DAY_MS, 3 * DAY_MS) and 30 / (month.dtick / DAY_MS) <= 16
 
 
 def test_a_weekly_axis_labels_each_week_with_its_dates():
-    figure = go.Figure()
-    charts.time_axis(figure, datetime(2025, 10, 29), datetime(2025, 11, 20), "week")
-    axis = figure.layout.xaxis
+    axis = x_axis(datetime(2025, 10, 29), datetime(2025, 11, 20), "week")
     assert axis.tickmode == "array" and axis.ticktext[0] == "Oct 29-Nov 2" and len(axis.tickvals) == 4
     assert [datetime.fromisoformat(str(v)) for v in axis.range] == [datetime(2025, 10, 29), datetime(2025, 11, 20)]
 
 
 def test_an_hourly_axis_of_two_days_has_hour_ticks():
-    figure = go.Figure()
-    charts.time_axis(figure, NOV_1, NOV_1 + timedelta(days=2), "hour")
-    assert figure.layout.xaxis.dtick == 3 * 3_600_000 and "%H:%M" in figure.layout.xaxis.tickformat
+    axis = x_axis(NOV_1, NOV_1 + timedelta(days=2), "hour")
+    assert axis.dtick == 3 * 3_600_000 and "%H:%M" in axis.tickformat
 
 
 def test_a_log_axis_reads_in_decades():
-    figure = go.Figure(go.Scatter(x=[1, 2], y=[0.3, 42]))
-    charts.log_axis(figure, [0.3, 42, None, 0])
-    axis = figure.layout.yaxis
+    axis = checked(charts.Spec([{"type": "scatter", "x": [1, 2], "y": [0.3, 42]}],
+                             {"yaxis": charts.log_axis_props([0.3, 42, None, 0])})).layout.yaxis
     assert axis.type == "log" and axis.dtick == 1 and axis.ticksuffix == " ms"
     assert list(axis.range) == [-1, 2]  # 0.1 ms to 100 ms
 
 
 def test_bars_start_at_zero():
-    figure = go.Figure(go.Bar(x=[1, 2], y=[60, 70]))
-    charts.zero_based(figure, top=100)
-    assert list(figure.layout.yaxis.range) == [0, 100]
-    other = go.Figure(go.Bar(x=[1, 2], y=[60, 70]))
-    charts.zero_based(other)
-    assert other.layout.yaxis.rangemode == "tozero"
+    bars = [{"type": "bar", "x": [1, 2], "y": [60, 70]}]
+    assert list(checked(charts.Spec(bars, {"yaxis": charts.zero_based_props(top=100)})).layout.yaxis.range) == [0, 100]
+    assert checked(charts.Spec(bars, {"yaxis": charts.zero_based_props()})).layout.yaxis.rangemode == "tozero"
 
 
 # --- targets and windows -------------------------------------------------------------------
 
 def test_a_target_line_has_its_series_colour_and_name():
-    figure = make_subplots(rows=2, cols=1)
+    spec = charts.Spec.of(make_subplots(rows=2, cols=1))
     sessions_week1, analytics_month1 = target("Week 1", "expert_sessions"), target("Month 1", "product_performance")
-    charts.add_target(figure, sessions_week1, row=1, col=1)
-    charts.add_target(figure, analytics_month1, row=2, col=1)
+    spec.mark(*charts.target_marks(sessions_week1))
+    spec.mark(*charts.target_marks(analytics_month1, x="x2", y="y2"))
+    figure = checked(spec)
     first, second = figure.layout.shapes
     assert first.line.color == charts.series_color("expert_sessions") == ui.CACHE_COLORS["Expert sessions"]
     assert second.line.color == ui.CACHE_COLORS["Product analytics"]
@@ -121,23 +123,22 @@ def test_a_target_line_has_its_series_colour_and_name():
     texts = [a.text for a in figure.layout.annotations]
     assert f"Week 1 target: {sessions_week1.name}" in texts and f"Month 1 target: {analytics_month1.name}" in texts
     load = target("Month 1", None)
-    single = go.Figure()
-    charts.add_target(single, load)
-    assert single.layout.shapes[0].line.color == charts.ALL_CACHES_COLOR
+    single = charts.Spec()
+    single.mark(*charts.target_marks(load))
+    assert checked(single).layout.shapes[0].line.color == charts.ALL_CACHES_COLOR
 
 
 def test_the_target_windows_are_shaded_where_they_fall_in_the_period():
     deployed = datetime(2025, 10, 29, 9, 30, tzinfo=UTC)
-    figure = go.Figure()
-    charts.shade_windows(figure, deployed, datetime(2025, 10, 29), datetime(2025, 11, 20))
+    spec = charts.Spec()
+    spec.mark(*charts.window_marks(deployed, datetime(2025, 10, 29), datetime(2025, 11, 20)))
+    figure = checked(spec)
     week, month = figure.layout.shapes
     assert datetime.fromisoformat(str(week.x0)) == datetime(2025, 10, 29, 9, 30)
     assert datetime.fromisoformat(str(week.x1)) == datetime(2025, 11, 5, 9, 30)
     assert datetime.fromisoformat(str(month.x1)) == datetime(2025, 11, 20)  # clipped to the period
     assert [a.text for a in figure.layout.annotations] == ["<b>Week 1</b>", "<b>Month 1</b>"]
-    later = go.Figure()
-    charts.shade_windows(later, deployed, datetime(2026, 1, 1), datetime(2026, 2, 1))
-    assert not later.layout.shapes
+    assert charts.window_marks(deployed, datetime(2026, 1, 1), datetime(2026, 2, 1)) == ([], [])
 
 
 def test_png_download_config():
@@ -180,8 +181,10 @@ def test_events_after_an_emergency_clear_and_the_annotation(database, db_url):
     assert "cache expert_sessions" in events[events["kind"] == "invalidate"].iloc[0]["label"]
     assert queries.events(end, end + timedelta(hours=1), database).empty
 
-    figure = go.Figure(go.Scatter(x=[start, end], y=[0, 1]))
-    sentence = charts.add_events(figure, events, start, end)
+    spec = charts.Spec([{"type": "scatter", "x": charts.utc_values([start, end]), "y": [0, 1]}])
+    shapes, annotations, sentence = charts.event_marks(events, start, end)
+    spec.mark(shapes, annotations)
+    figure = checked(spec)
     texts = [a.text for a in figure.layout.annotations]
     assert "Emergency clear" in texts and "Cleanup" in texts
     assert "Scheduled cleanup" not in texts  # counted in the caption, not drawn one by one
@@ -212,3 +215,54 @@ def test_a_count_axis_ticks_whole_numbers_and_holds_the_largest_value(maximum):
     assert axis["range"][0] == 0 and axis["range"][1] >= maximum
     assert isinstance(axis["dtick"], int) and axis["dtick"] >= 1 and axis["tickformat"] == ",d"
     assert axis["range"][1] / axis["dtick"] <= 6  # a handful of ticks, not one per unit
+
+
+# --- figures as plotly JSON ------------------------------------------------------------------------
+
+def test_a_spec_merges_layout_like_plotly_and_never_shares_what_it_was_given():
+    spec = charts.Spec.of(make_subplots(rows=2, cols=1, shared_xaxes=True))
+    axis = charts.time_axis_props(NOV_1, DEC_1, "day")
+    charts.frame_time_chart(spec, "Two rows", NOV_1, DEC_1, "day", height=500)
+    assert spec.axes("x") == ["xaxis", "xaxis2"] and spec.axes("y") == ["yaxis", "yaxis2"]
+    for name in spec.axes("x"):  # the time axis on every row, the grid's own settings kept
+        assert spec.layout[name]["dtick"] == axis["dtick"] and "domain" in spec.layout[name]
+    spec.update({"xaxis": {"title": {"text": "first"}}})
+    assert "title" not in spec.layout["xaxis2"]  # each axis got a copy of the settings
+    assert charts.time_axis_props(NOV_1, DEC_1, "day") == axis
+    figure = checked(spec)
+    assert figure.layout.title.text == "Two rows" and figure.layout.height == 500
+    assert spec.to_dict()["layout"]["template"] == go.Figure().to_dict()["layout"]["template"]
+
+
+def test_a_wrong_property_fails_when_checked_and_is_sent_as_built_otherwise(monkeypatch):
+    spec = charts.Spec([{"type": "bar", "x": [1], "y": [2], "colour": "red"}])
+    with pytest.raises(ValueError, match="colour"):
+        spec.figure()
+    monkeypatch.setenv(charts.CHECK_SPECS_SETTING, "1")
+    with pytest.raises(ValueError, match="colour"):
+        spec.for_streamlit()
+    monkeypatch.setenv(charts.CHECK_SPECS_SETTING, "0")
+    assert spec.for_streamlit().to_dict() is not None and spec.for_streamlit().to_dict()["data"][0]["colour"] == "red"
+
+
+def test_moments_are_sent_as_naive_utc():
+    berlin = datetime(2025, 11, 1, 13, 0, tzinfo=UTC).astimezone(ZoneInfo("Europe/Berlin"))
+    assert charts.utc_values([berlin, pd.Timestamp("2025-11-01 12:00"), None, pd.NaT]) == [
+        datetime(2025, 11, 1, 13, 0), datetime(2025, 11, 1, 12, 0), None, None]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_rows_are_laid_out_as_make_subplots_lays_them_out(count):
+    titles = [f"Cache {n}" for n in range(count)]
+    ours = charts.Spec.rows(titles, spacing=0.14).layout
+    plotly = charts.Spec.of(make_subplots(rows=count, cols=1, shared_xaxes=True, vertical_spacing=0.14,
+                                          subplot_titles=titles)).layout
+    assert ours.keys() == plotly.keys()
+    for name, settings in plotly.items():
+        if name == "annotations":
+            def rounded(notes):
+                return [{**note, "y": round(note["y"], 9)} for note in notes]
+            assert rounded(ours[name]) == rounded(settings)
+        else:
+            assert {**ours[name], "domain": [round(v, 9) for v in ours[name]["domain"]]} == \
+                   {**settings, "domain": [round(v, 9) for v in settings["domain"]]}, name

@@ -10,6 +10,7 @@ import json
 import re
 from datetime import UTC, date, datetime, timedelta
 
+import pandas as pd
 import psycopg
 import pytest
 
@@ -335,3 +336,24 @@ def test_retention_counts_utc_days_whatever_the_sessions_time_zone(pg18):
         days = [r[0] for r in conn.execute("SELECT day FROM cache_private.key_activity_daily UNION ALL "
                                            "SELECT day FROM cache_private.invalidations_daily")]
     assert days == [first_kept, first_kept]
+
+
+def test_the_health_summary_keeps_each_checks_worst_and_latest():
+    at = datetime(2026, 10, 5, tzinfo=UTC)
+    records = [  # (minutes after `at`, check, status, value, recommendation), not in time order
+        (30, "fallbacks", "critical", "9", "fix the function"), (10, "fallbacks", "warning", "3", "look"),
+        (50, "fallbacks", "critical", "12", "fix it now"), (70, "fallbacks", "ok", "0", ""),
+        (20, "hit_rate", "ok", "80%", ""), (40, "hit_rate", "ok", "82%", ""),
+        (60, "size", "warning", "90%", "raise the bound"), (5, "size", "mystery", "?", "unknown status"),
+    ]
+    history = pd.DataFrame([{"recorded_at": at + timedelta(minutes=m), "source": "cleanup", "check_name": c,
+                             "status": s, "value": v, "recommendation": r} for m, c, s, v, r in records])
+    summary = review.health_summary(history).set_index("check_name")
+    assert list(summary.index) == ["fallbacks", "size", "hit_rate"]  # worst first, then by name
+    fallbacks = summary.loc["fallbacks"]
+    assert (fallbacks["worst"], fallbacks["recommendation"]) == ("critical", "fix it now")  # the latest at its worst
+    assert (fallbacks["not_ok"], fallbacks["runs"]) == (3, 4)
+    assert (fallbacks["last_status"], fallbacks["last_value"]) == ("ok", "0")
+    assert (summary.loc["size", "worst"], summary.loc["size", "not_ok"]) == ("warning", 1)  # unknown counts as ok
+    assert (summary.loc["hit_rate", "worst"], summary.loc["hit_rate", "not_ok"]) == ("ok", 0)
+    assert review.health_summary(history.iloc[0:0]).empty
