@@ -7,16 +7,17 @@ judges, shades the Week 1 and Month 1 windows, marks what happened (deployment, 
 invalidations, optimize runs, duration changes, manual cleanups), and downloads as a PNG named after
 what it shows. Times are UTC; naive datetimes are taken as UTC.
 
-Typical use on a page::
+Charts are built as plotly JSON (``Spec``), not through plotly's objects, which cost tens of
+milliseconds a chart. Typical use on a page::
 
     grid = charts.periods(start, end, "day")               # one row per bar
-    figure = go.Figure(go.Bar(x=grid["mid"], y=values, marker_color=charts.series_color(cache)))
-    charts.time_axis(figure, start, end, "day")
-    charts.zero_based(figure, top=100)
-    charts.add_target(figure, target)
-    charts.shade_windows(figure, deployment.deployed_at, start, end)
-    note = charts.add_events(figure, ui.read("events", start=start, end=end), start, end)
-    charts.show(figure, key="chart_x", filename=charts.filename("hit-rate", start, end))
+    spec = charts.Spec([{"type": "bar", "x": grid["mid"].tolist(), "y": values,
+                         "marker": {"color": charts.series_color(cache)}}])
+    spec.update({"yaxis": charts.zero_based_props(top=100)})
+    spec.mark(*charts.target_marks(target))
+    note = charts.frame_time_chart(spec, "Hit rate", start, end, "day", height=360,
+                                   deployed_at=deployment.deployed_at, events=ui.read("events", start=start, end=end))
+    charts.show(spec, key="chart_x", filename=charts.filename("hit-rate", start, end))
 """
 
 from __future__ import annotations
@@ -126,15 +127,10 @@ def period_of(moments: Iterable, start: Any, end: Any, bucket: str) -> pd.Series
 
 # --- axes ---------------------------------------------------------------------------------
 
-def time_axis(figure: go.Figure, start: Any, end: Any, bucket: str) -> None:
-    """X axis (every x axis of a subplot figure) covering exactly [start, end), with ticks that suit
-    the bucket: hours "14:00 / Nov 3", days "Nov 3" (one tick every 1, 2, 3 or 7 days, under the bar),
-    weeks labelled with their dates (partial weeks too)."""
-    figure.update_xaxes(**time_axis_props(start, end, bucket))
-
-
 def time_axis_props(start: Any, end: Any, bucket: str) -> dict[str, Any]:
-    """The x axis settings of time_axis()."""
+    """Settings of an x axis covering exactly [start, end), with ticks that suit the bucket: hours
+    "14:00 / Nov 3", days "Nov 3" (one tick every 1, 2, 3 or 7 days, under the bar), weeks labelled with
+    their dates (partial weeks too)."""
     start, end = naive_utc(start), naive_utc(end)
     days = (end - start) / timedelta(days=1)
     axis: dict[str, Any] = {"range": [start, end], "type": "date", "showgrid": True, "ticks": "outside"}
@@ -157,13 +153,8 @@ def time_axis_props(start: Any, end: Any, bucket: str) -> dict[str, Any]:
     return axis
 
 
-def zero_based(figure: go.Figure, top: float | None = None, **where) -> None:
-    """Y axes from 0 (to ``top`` when given, e.g. 100 for percentages). ``where``: row=, col= of a subplot."""
-    figure.update_yaxes(**zero_based_props(top), **where)
-
-
 def zero_based_props(top: float | None = None) -> dict[str, Any]:
-    """The y axis settings of zero_based()."""
+    """Settings of a y axis from 0 (to ``top`` when given, e.g. 100 for percentages)."""
     return {"rangemode": "tozero"} if top is None else {"range": [0, top]}
 
 
@@ -180,14 +171,9 @@ def count_ticks(maximum: float, ticks: int = 5) -> dict[str, Any]:
     return {"range": [0, math.ceil(top * 1.08 / step) * step], "tick0": 0, "dtick": step, "tickformat": ",d"}
 
 
-def log_axis(figure: go.Figure, values: Iterable[float], suffix: str = " ms", **where) -> None:
-    """A log y axis labelled by decades (0.1 ms, 1 ms, 10 ms, ...), spanning whole decades around
-    ``values`` (the positive ones). ``where``: row=, col= of a subplot."""
-    figure.update_yaxes(**log_axis_props(values, suffix), **where)
-
-
 def log_axis_props(values: Iterable[float], suffix: str = " ms") -> dict[str, Any]:
-    """The y axis settings of log_axis()."""
+    """Settings of a log y axis labelled by decades (0.1 ms, 1 ms, 10 ms, ...), spanning whole decades
+    around ``values`` (the positive ones)."""
     positive = [float(v) for v in values if v is not None and not pd.isna(v) and float(v) > 0]
     low = math.floor(math.log10(min(positive))) if positive else -1
     high = math.ceil(math.log10(max(positive))) if positive else 2
@@ -206,15 +192,11 @@ def series_color(cache: str | None) -> str:
     return formats.cache_color(cache)
 
 
-def add_target(figure: go.Figure, target: queries.Target, color: str | None = None, **where) -> None:
-    """A horizontal line at ``target.goal`` in its series' colour (Week 1 dotted, Month 1 dashed),
-    labelled "Week 1 target: Sessions hit rate above 50%". ``where``: row=, col= of a subplot."""
-    _decorate(figure, *target_marks(target, color, *_axis_refs(figure, **where)))
-
-
 def target_marks(target: queries.Target, color: str | None = None, x: str = "x",
                  y: str = "y") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The shape and annotation of add_target() on the axes ``x`` and ``y`` ("x", "y2", ...)."""
+    """The shape and annotation of a horizontal line at ``target.goal`` on the axes ``x`` and ``y`` ("x2",
+    "y2" in the second row), in its series' colour (Week 1 dotted, Month 1 dashed), labelled "Week 1
+    target: Sessions hit rate above 50%"."""
     color = color or series_color(target.cache_name)
     left = target.milestone == "Week 1"  # Week 1's label at the left end of its line, Month 1's at the right
     return ([{"type": "line", "xref": f"{x} domain", "x0": 0, "x1": 1, "yref": y, "y0": target.goal,
@@ -224,14 +206,6 @@ def target_marks(target: queries.Target, color: str | None = None, x: str = "x",
               "y": target.goal, "yanchor": "bottom", "showarrow": False,
               "text": f"{target.milestone} target: {target.name}", "font": {"size": 11, "color": color},
               "bgcolor": "rgba(255,255,255,0.8)"}])
-
-
-def _axis_refs(figure: go.Figure, row: int | None = None, col: int | None = None) -> tuple[str, str]:
-    """The x and y axis references ("x", "y2", ...) of a subplot, or of a figure without subplots."""
-    if row is None and col is None:
-        return "x", "y"
-    subplot = figure.get_subplot(row or 1, col or 1)
-    return subplot.xaxis.plotly_name.replace("axis", ""), subplot.yaxis.plotly_name.replace("axis", "")
 
 
 def target_windows(deployed_at: Any, start: Any, end: Any) -> dict[str, tuple[datetime, datetime]]:
@@ -245,23 +219,10 @@ def target_windows(deployed_at: Any, start: Any, end: Any) -> dict[str, tuple[da
     return windows
 
 
-def _decorate(figure: go.Figure, shapes: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> None:
-    """Add shapes and annotations in one step each: plotly's add_shape / add_annotation re-validate every
-    shape or annotation already there on each call (a page of event lines cost tens of ms)."""
-    if shapes:
-        figure.layout.shapes += tuple(go.layout.Shape(shape) for shape in shapes)
-    if annotations:
-        figure.layout.annotations += tuple(go.layout.Annotation(note) for note in annotations)
-
-
-def shade_windows(figure: go.Figure, deployed_at: Any, start: Any, end: Any) -> None:
-    """Shade the Week 1 and Month 1 windows (queries.WINDOWS after ``deployed_at``) within [start, end),
-    over every row of the figure, each named at the bottom of its shading."""
-    _decorate(figure, *window_marks(deployed_at, start, end))
-
-
 def window_marks(deployed_at: Any, start: Any, end: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The shapes and annotations of shade_windows()."""
+    """The shapes and annotations that shade the Week 1 and Month 1 windows (queries.WINDOWS after
+    ``deployed_at``) within [start, end), over every row of the figure, each named at the bottom of its
+    shading."""
     shapes, annotations = [], []
     for name, (x0, x1) in target_windows(deployed_at, start, end).items():
         color = WINDOW_FILL.get(name, OTHER_COLOR)
@@ -278,21 +239,13 @@ def _events_in(events: pd.DataFrame, start: datetime, end: datetime) -> pd.DataF
     return frame[(frame["at"] >= start) & (frame["at"] < end)]
 
 
-def add_events(figure: go.Figure, events: pd.DataFrame, start: Any, end: Any, max_labels: int = 10,
-               labels_above: bool = False) -> str:
-    """Mark what happened in [start, end) (rows of queries.events) with a vertical line each, labelled
-    (hover a label for who and what); returns events_caption(): what is drawn and what is not
-    (scheduled cleanups are counted, never drawn one by one). Beyond ``max_labels`` events the
-    lines stay and the labels go. ``labels_above``: the labels sit over the plot, clear of the data and
-    the targets' labels (for a figure without subplots, whose top margin has the room)."""
-    shapes, annotations, caption = event_marks(events, start, end, max_labels, labels_above)
-    _decorate(figure, shapes, annotations)
-    return caption
-
-
 def event_marks(events: pd.DataFrame, start: Any, end: Any, max_labels: int = 10,
                 labels_above: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """The shapes, annotations and caption of add_events()."""
+    """The shapes and annotations that mark what happened in [start, end) (rows of queries.events) with a
+    vertical line each, labelled (hover a label for who and what), and events_caption(): what is drawn
+    and what is not (scheduled cleanups are counted, never drawn one by one). Beyond ``max_labels`` events the
+    lines stay and the labels go. ``labels_above``: the labels sit over the plot, clear of the data and
+    the targets' labels (for a figure without subplots, whose top margin has the room)."""
     if events is None or events.empty:
         return [], [], events_caption(events, start, end, max_labels)
     start, end = naive_utc(start), naive_utc(end)
@@ -357,15 +310,10 @@ _KIND_WORDS = {"deployment": ("deployment", "deployments"), "emergency_clear": (
 LEGEND_GAP_PX = 42  # from the bottom of the plot to the legend: below the day ticks
 
 
-def layout(figure: go.Figure, title: str, height: int = 340, legend: bool = True, top: int = 70) -> None:
-    """Title inside the figure (so a downloaded PNG says what it is), white background, the legend (if any)
+def layout_props(title: str, height: int = 340, legend: bool = True, top: int = 70) -> dict[str, Any]:
+    """Layout settings: the title inside the figure (so a downloaded PNG says what it is), the legend (if any)
     under the x axis' tick labels, where it covers neither the title, the ticks nor the data. ``top``: the
     top margin in px (more when event labels sit above the plot)."""
-    figure.update_layout(layout_props(title, height, legend, top))
-
-
-def layout_props(title: str, height: int = 340, legend: bool = True, top: int = 70) -> dict[str, Any]:
-    """The layout settings of layout()."""
     bottom = 110 if legend else 50
     plot_height = max(height - top - bottom, 1)
     return {"title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}}, "height": height,
@@ -377,8 +325,9 @@ def layout_props(title: str, height: int = 340, legend: bool = True, top: int = 
 def frame_time_chart(spec: Spec, title: str, start: Any, end: Any, bucket: str, *, height: int,
                      legend: bool = True, top: int = 70, deployed_at: Any = None, events: pd.DataFrame | None = None,
                      events_span: tuple[Any, Any] | None = None, labels_above: bool = False) -> str:
-    """layout(), time_axis() on every x axis, shade_windows() (when ``deployed_at`` is given) and
-    add_events() (over ``events_span``, default [start, end)) for a Spec. Returns add_events()' caption."""
+    """A time chart's frame: layout_props(), time_axis_props() on every x axis, window_marks() (when
+    ``deployed_at`` is given) and event_marks() (over ``events_span``, default [start, end)). Returns the
+    events' caption."""
     spec.update(layout_props(title, height, legend, top))
     axis = time_axis_props(start, end, bucket)
     for name in spec.axes("x"):
@@ -436,13 +385,6 @@ class Spec:
 
     data: list[dict[str, Any]] = field(default_factory=list)
     layout: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, figure: go.Figure) -> Spec:
-        """A Spec of a plotly figure."""
-        as_json = figure.to_dict()
-        as_json["layout"].pop("template", None)
-        return cls(as_json["data"], as_json["layout"])
 
     @classmethod
     def rows(cls, titles: list[str], spacing: float) -> Spec:

@@ -110,7 +110,7 @@ def test_bars_start_at_zero():
 # --- targets and windows -------------------------------------------------------------------
 
 def test_a_target_line_has_its_series_colour_and_name():
-    spec = charts.Spec.of(make_subplots(rows=2, cols=1))
+    spec = charts.Spec.rows(["Sessions", "Analytics"], spacing=0.14)
     sessions_week1, analytics_month1 = target("Week 1", "expert_sessions"), target("Month 1", "product_performance")
     spec.mark(*charts.target_marks(sessions_week1))
     spec.mark(*charts.target_marks(analytics_month1, x="x2", y="y2"))
@@ -220,7 +220,7 @@ def test_a_count_axis_ticks_whole_numbers_and_holds_the_largest_value(maximum):
 # --- figures as plotly JSON ------------------------------------------------------------------------
 
 def test_a_spec_merges_layout_like_plotly_and_never_shares_what_it_was_given():
-    spec = charts.Spec.of(make_subplots(rows=2, cols=1, shared_xaxes=True))
+    spec = charts.Spec.rows(["One", "Two"], spacing=0.14)
     axis = charts.time_axis_props(NOV_1, DEC_1, "day")
     charts.frame_time_chart(spec, "Two rows", NOV_1, DEC_1, "day", height=500)
     assert spec.axes("x") == ["xaxis", "xaxis2"] and spec.axes("y") == ["yaxis", "yaxis2"]
@@ -255,8 +255,9 @@ def test_moments_are_sent_as_naive_utc():
 def test_rows_are_laid_out_as_make_subplots_lays_them_out(count):
     titles = [f"Cache {n}" for n in range(count)]
     ours = charts.Spec.rows(titles, spacing=0.14).layout
-    plotly = charts.Spec.of(make_subplots(rows=count, cols=1, shared_xaxes=True, vertical_spacing=0.14,
-                                          subplot_titles=titles)).layout
+    plotly = make_subplots(rows=count, cols=1, shared_xaxes=True, vertical_spacing=0.14,
+                           subplot_titles=titles).to_dict()["layout"]
+    plotly.pop("template")
     assert ours.keys() == plotly.keys()
     for name, settings in plotly.items():
         if name == "annotations":
