@@ -116,9 +116,14 @@ def periods(start: Any, end: Any, bucket: str) -> pd.DataFrame:
 
 
 def period_of(moments: Iterable, start: Any, end: Any, bucket: str) -> pd.Series:
-    """For each moment, the start of its bucket in ``periods(start, end, bucket)`` (NaT outside [start, end))."""
+    """For each moment, the start of its bucket in ``periods(start, end, bucket)`` (NaT outside [start, end)),
+    indexed as ``moments`` when it is a Series."""
     start, end = naive_utc(start), naive_utc(end)
-    values = pd.to_datetime(pd.Series(list(moments), dtype=object), utc=True).dt.tz_localize(None)
+    values = moments if isinstance(moments, pd.Series) else pd.Series(list(moments), dtype=object)
+    # A column keeps its index, so that assigning the result to its frame lines up row by row (a filtered
+    # frame's index has gaps); a datetime column is converted as it is (through Python objects it cost a
+    # chart 70 ms a month of hours).
+    values = pd.to_datetime(values, utc=True).dt.tz_localize(None)
     floored = values.dt.floor("h" if bucket == "hour" else "D")
     if bucket == "week":
         floored = floored - pd.to_timedelta(floored.dt.day_of_week, unit="D")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cachelib import auth, config, db
+from cachelib import auth, config, db, ui
 from cachelib.config import Settings
 from cachelib.db import Database
 from cachelib.errors import DatabaseUnavailable
@@ -237,6 +238,25 @@ def test_performance_controls(dashboard):
     assert not at.exception and not at.error
     choose = [t for t in texts(at, "info") if t.startswith("Choose at least one cache")]
     assert len(choose) == 4 and len(set(choose)) == 1 and not at.get("plotly_chart")
+
+
+def hit_rate_traces(at: AppTest) -> dict[str, list]:
+    """The hit-rate chart's points per cache (trace name) as the page sends them."""
+    [chart] = [c for c in at.get("plotly_chart") if "Hit rate per cache" in c.proto.spec]
+    return {trace["name"]: trace["y"] for trace in json.loads(chart.proto.spec)["data"]}
+
+
+def test_a_cache_shows_the_same_hit_rates_alone_as_among_all(dashboard):
+    """Choosing fewer caches in the filter must not change a chosen cache's own figures."""
+    at = logged_in("admin", "pages/performance.py")
+    every = hit_rate_traces(at)
+    assert len(every) == 2 and all(any(v is not None for v in points) for points in every.values())
+    for cache, other in (("expert_sessions", "product_performance"), ("product_performance", "expert_sessions")):
+        at.multiselect(key="perf_caches").set_value([cache]).run()
+        assert not at.exception and not at.error
+        alone = hit_rate_traces(at)
+        assert list(alone) == [ui.cache_label(cache)] and alone == {ui.cache_label(cache): every[ui.cache_label(cache)]}
+    at.multiselect(key="perf_caches").set_value(["expert_sessions", "product_performance"]).run()
 
 
 def test_top_entries_filters(dashboard):
