@@ -267,3 +267,12 @@ def test_rows_are_laid_out_as_make_subplots_lays_them_out(count):
         else:
             assert {**ours[name], "domain": [round(v, 9) for v in ours[name]["domain"]]} == \
                    {**settings, "domain": [round(v, 9) for v in settings["domain"]]}, name
+
+
+def test_period_of_keeps_the_index_of_a_filtered_column():
+    frame = pd.DataFrame({"at": pd.to_datetime(["2025-11-01 10:00", "2025-11-01 11:00", "2025-11-02 09:00"], utc=True),
+                          "cache": ["a", "b", "b"]})
+    only_b = frame[frame["cache"] == "b"]
+    owners = charts.period_of(only_b["at"], NOV_1, DEC_1, "day")
+    assert list(owners.index) == [1, 2]
+    assert list(only_b.assign(day=owners)["day"]) == [datetime(2025, 11, 1), datetime(2025, 11, 2)]
