@@ -184,6 +184,8 @@ def scorecard(totals: pd.DataFrame, status: pd.DataFrame) -> None:
         columns[-1].metric(f"Load reduction ({which})", ui.fmt_pct(queries.load_reduction(mine)),
                            help="Share of direct-query time that hits avoided, " + period)
     rows = []
+    # Each target's own window, looked up by what names it (one pass, not a filter of the frame per target).
+    windows = {(row["milestone"], row["target"], row["cache_name"]): row for row in status.to_dict("records")}
     for target in queries.targets():
         if target.cache_name is not None and target.cache_name not in chosen:
             continue
@@ -192,11 +194,9 @@ def scorecard(totals: pd.DataFrame, status: pd.DataFrame) -> None:
         rows.append({"Target": f"{target.milestone}: {target.name}", "Cache": ui.cache_label(target.cache_name),
                      "Window": f"selected range {period}", "Measured": ui.fmt_pct(value),
                      "Result": "no data" if met is None else ("pass" if met else "fail")})
-        match = status[(status["milestone"] == target.milestone) & (status["target"] == target.label)
-                       & (status["cache_name"] == (target.cache_name or "all caches"))] if not status.empty else status
-        if match.empty:
+        own = windows.get((target.milestone, target.label, target.cache_name or "all caches"))
+        if own is None:
             continue
-        own = match.iloc[0]
         state = own["state"]
         if state == "in progress":
             result = "no data" if own["met"] is None or pd.isna(own["met"]) else \
