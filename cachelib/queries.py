@@ -69,12 +69,11 @@ def guide_overview(database: Database | None = None) -> pd.DataFrame:
     """The guide's "Cache performance overview": total_entries, hit_entries, avg_hits, expired_entries, for the
     entries holding data, from the counts the database maintains (the guide's query scans every row)."""
     return _frame("""
-        SELECT COALESCE(sum(t.entries), 0)::bigint AS total_entries,
-               COALESCE(sum(t.entries - t.never_hit), 0)::bigint AS hit_entries,
-               COALESCE(round(sum(t.hits)::numeric / NULLIF(sum(t.entries), 0), 2), 0) AS avg_hits,
-               (SELECT COALESCE(sum(x.expired), 0)
-                FROM cache_private.entries_expired_by(cache_private.cache_now()) x)::bigint AS expired_entries
-        FROM cache_private.entry_totals() t""", database=database, rollup=True)
+        SELECT COALESCE(sum(s.entries), 0)::bigint AS total_entries,
+               COALESCE(sum(s.entries_with_hits), 0)::bigint AS hit_entries,
+               COALESCE(round(sum(s.hits)::numeric / NULLIF(sum(s.entries), 0), 2), 0) AS avg_hits,
+               COALESCE(sum(s.expired_entries), 0)::bigint AS expired_entries
+        FROM cache_private.entry_summary(cache_private.cache_now()) s""", database=database, rollup=True)
 
 
 def top_entries(limit: int = 50, order_by: str = "hits", cache: str | None = None, search: str | None = None,
@@ -358,21 +357,17 @@ def health_history(start: datetime, end: datetime, database: Database | None = N
                      ORDER BY recorded_at, id""", (start, end), database)
 
 
-# One key: its row. A cache or all of them: the counts the database maintains (0022), all entries less
-# the expired ones, without reading every entry.
+# One key: its row. A cache or all of them: the live entries of the summary the database maintains
+# (0022, 0023), without reading every entry.
 _KEY_IMPACT = """
     SELECT count(*) AS entries, COALESCE(sum(size_bytes), 0) AS bytes, COALESCE(sum(compute_ms), 0) AS compute_ms
     FROM public.query_cache
     WHERE cache_key = %(key)s AND data IS NOT NULL AND expires_at > cache_private.cache_now()"""
 _CACHE_IMPACT = """
-    SELECT COALESCE(t.entries, 0) - COALESCE(x.entries, 0) AS entries,
-           COALESCE(t.bytes, 0) - COALESCE(x.bytes, 0) AS bytes,
-           COALESCE(t.compute_ms, 0) - COALESCE(x.compute_ms, 0) AS compute_ms
-    FROM (SELECT sum(entries) AS entries, sum(bytes) AS bytes, sum(compute_ms) AS compute_ms
-          FROM cache_private.entry_totals() WHERE %(cache)s::text IS NULL OR cache_name = %(cache)s) t,
-         (SELECT sum(expired) AS entries, sum(expired_bytes) AS bytes, sum(expired_compute_ms) AS compute_ms
-          FROM cache_private.entries_expired_by(cache_private.cache_now())
-          WHERE %(cache)s::text IS NULL OR cache_name = %(cache)s) x"""
+    SELECT COALESCE(sum(live_entries), 0) AS entries, COALESCE(sum(live_bytes), 0) AS bytes,
+           COALESCE(sum(live_compute_ms), 0) AS compute_ms
+    FROM cache_private.entry_summary(cache_private.cache_now())
+    WHERE %(cache)s::text IS NULL OR cache_name = %(cache)s"""
 
 
 def clear_impact(cache: str | None = None, key: str | None = None, database: Database | None = None) -> dict:

@@ -49,12 +49,29 @@ EXPIRED_SAME = """
               WHERE expired <> 0) c)::text"""
 
 
+# The per-cache summary every admin read takes (0023), against a full scan at the moment ``at``.
+SUMMARY_SAME = """
+    SELECT (SELECT COALESCE(array_agg(t ORDER BY t), '{}') FROM (
+              SELECT cache_name, count(*), count(*) FILTER (WHERE expires_at > %(at)s),
+                     count(*) FILTER (WHERE expires_at <= %(at)s), count(*) FILTER (WHERE hit_count > 0),
+                     sum(hit_count), sum(size_bytes), COALESCE(sum(size_bytes) FILTER (WHERE expires_at > %(at)s), 0),
+                     trim_scale(COALESCE(sum(compute_ms::numeric) FILTER (WHERE expires_at > %(at)s), 0))
+              FROM public.query_cache WHERE data IS NOT NULL GROUP BY 1) t)::text,
+           (SELECT COALESCE(array_agg(c ORDER BY c), '{}') FROM (
+              SELECT cache_name, entries, live_entries, expired_entries, entries_with_hits, hits, bytes, live_bytes,
+                     trim_scale(live_compute_ms)
+              FROM cache_private.entry_summary(%(at)s)
+              WHERE entries <> 0) c)::text"""
+
+
 def assert_exact(conn, *moments):
     truth, counted = conn.execute(SAME).fetchone()
     assert counted == truth
     for at in moments:
         truth, counted = conn.execute(EXPIRED_SAME, {"at": at}).fetchone()
         assert counted == truth, at
+        truth, summarized = conn.execute(SUMMARY_SAME, {"at": at}).fetchone()
+        assert summarized == truth, at
 
 
 def literal(text: str) -> str:
@@ -320,7 +337,8 @@ def test_signed_in_roles_cannot_touch_the_counts(empty, pg_url):
                         "SELECT cache_private.compact_entry_counts(true)",
                         "SELECT cache_private.evict_least_useful(10, 0)",
                         "SELECT cache_private.enforce_size_bound('x')",
-                        "SELECT * FROM cache_private.entry_totals()"):
+                        "SELECT * FROM cache_private.entry_totals()",
+                        "SELECT * FROM cache_private.entry_summary(now())"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     eve.execute(sql)
             # Served and stored through the guide's function: counted like any store.
