@@ -170,7 +170,9 @@ def timeline(segments: pd.DataFrame) -> charts.Spec:
         figure.add({
             "type": "bar", "orientation": "h", "base": charts.utc_values(rows["start"]),
             "x": ((rows["end"] - rows["start"]).dt.total_seconds() * 1000).tolist(), "y": rows["check"].tolist(),
-            "name": status, "legendgroup": status, "marker": {"color": ui.STATUS_CHART_COLOR[status]},
+            # The legend says what the colours mean even when every run has one status.
+            "name": status, "legendgroup": status, "showlegend": True,
+            "marker": {"color": ui.STATUS_CHART_COLOR[status]},
             "customdata": rows[["since", "until", "records", "value", "source"]].to_numpy().tolist(),
             "hovertemplate": "<b>%{y}</b>: " + status + "<br>From %{customdata[0]} to %{customdata[1]}"
                              "<br>Records: %{customdata[2]}<br>Value: %{customdata[3]}"
