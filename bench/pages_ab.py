@@ -30,42 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "pages_ab.json"
 PAGES = ("overview", "top_entries", "performance", "management", "maintenance", "monthly_review")
 
-# Run in a child process whose working directory is the dashboard to measure; prints one JSON line.
+# Run in a child process whose working directory is the dashboard to measure (its cachelib first on the
+# path, this checkout's bench helpers after it); prints one JSON line.
 RENDER = r"""
-import json, os, statistics, sys, tempfile, time
-from pathlib import Path
+import json, os, sys
 sys.path.insert(0, os.getcwd())
-import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.testing.v1 import AppTest
-from cachelib import auth, config
-os.environ["DASHBOARD_AUTH_FILE"] = str(Path(tempfile.mkdtemp(prefix="pages_ab_")) / "auth.yaml")
-os.environ["DASHBOARD_COOKIE_KEY"] = "pages-ab-cookie-key-0123456789abcdef"
-config._cached = None
-auth.ensure_credentials(config.settings())
-original = PagesManager.__init__
-def init(self, *args, **kwargs):  # a running server decides this once; AppTest before every run
-    original(self, *args, **kwargs)
-    PagesManager.uses_pages_directory = False
-PagesManager.__init__ = init
-at = AppTest.from_file("dashboard.py", default_timeout=60)
-at.session_state[auth.SESSION_ID_KEY] = auth.start_session("admin").id
-at.session_state["authentication_status"] = True
-at.session_state["username"] = "admin"
-at.session_state["name"] = "Admin"
-at.session_state["live_refresh"] = False
-at.run()
+sys.path.insert(1, sys.argv[3])
+from pathlib import Path
+from bench.admin_app import render_times, signed_in_app
+at = signed_in_app(Path.cwd() / "dashboard.py", os.environ["DATABASE_URL"])
 result = {}
 for page in sys.argv[1].split(","):
-    wall, cpu = [], []
-    for _ in range(int(sys.argv[2])):
-        st.cache_data.clear()
-        started, cpu_started = time.perf_counter(), time.process_time()
-        at.switch_page(f"pages/{page}.py").run()
-        wall.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - cpu_started)
-        assert not at.exception, [e.value for e in at.exception]
-    result[page] = {"wall_ms": statistics.median(wall) * 1000, "cpu_ms": statistics.median(cpu) * 1000}
+    wall_ms, cpu_ms = render_times(at, page, int(sys.argv[2]))
+    result[page] = {"wall_ms": wall_ms, "cpu_ms": cpu_ms}
 print("RESULT " + json.dumps(result))
 """
 
@@ -91,7 +68,7 @@ def bench_database_url() -> str:
 
 def render(tree: Path, url: str, pages: list[str], renders: int) -> dict[str, dict[str, float]]:
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", RENDER, ",".join(pages), str(renders)], cwd=tree, env=env,
+    done = subprocess.run([sys.executable, "-c", RENDER, ",".join(pages), str(renders), str(ROOT)], cwd=tree, env=env,
                           capture_output=True, text=True, check=False)
     line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
     if done.returncode or line is None:

@@ -476,43 +476,14 @@ def admin_reads(url):
 
 def pages(url):
     """Each page's server-side render time (Streamlit AppTest, cold read cache) on the data of section 7."""
-    import streamlit as st
-    from streamlit.runtime.pages_manager import PagesManager
-    from streamlit.testing.v1 import AppTest
-
-    from cachelib import auth, config
+    from bench.admin_app import render_times, signed_in_app
 
     print("7b. dashboard pages with 1,000,000 entries and 400 days of statistics (server-side render)")
     data_layer_fill(url)
-    auth_file = Path(tempfile.mkdtemp(prefix="benchauth_")) / "auth.yaml"
-    os.environ.update({"DATABASE_URL": url, "DASHBOARD_AUTH_FILE": str(auth_file),
-                       "DASHBOARD_COOKIE_KEY": "bench-cookie-key-0123456789abcdef"})
-    config._cached = None
-    auth.ensure_credentials(config.settings())
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):  # a running server decides this once; AppTest before every run
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    PagesManager.__init__ = init
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
-    at.session_state[auth.SESSION_ID_KEY] = auth.start_session("admin").id  # as a successful login opens one
-    at.session_state["authentication_status"] = True
-    at.session_state["username"] = "admin"
-    at.session_state["name"] = "Admin"
-    at.session_state["live_refresh"] = False
-    at.run()
+    at = signed_in_app(ROOT / "dashboard.py", url)
     for page in ("overview", "top_entries", "performance", "management", "maintenance", "monthly_review"):
-        durations = []
-        for _ in range(3):
-            st.cache_data.clear()
-            started = time.perf_counter()
-            at.switch_page(f"pages/{page}.py").run()
-            durations.append(time.perf_counter() - started)
-            assert not at.exception, [e.value for e in at.exception]
-        record("pages", f"{page} page render (ms)", statistics.median(durations) * 1000, "ms", goal=300)
-    PagesManager.__init__ = original
+        wall_ms, _cpu_ms = render_times(at, page, renders=3)
+        record("pages", f"{page} page render (ms)", wall_ms, "ms", goal=300)
 
 
 # --- 7c. the admin API's metrics route against its liveness probe ---------------------------
