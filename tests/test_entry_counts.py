@@ -414,7 +414,11 @@ def test_concurrent_stores_at_the_bound(empty, pg_url):
     watcher.join()
     assert not errors, errors
     assert len(seen) > 50
-    assert max(entries for entries, _ in seen) <= 200
+    # A peak above the bound once came out as 201 in a full `make test` (not reproduced alone): say what the
+    # maintained counts and the truth were when it ends, for whoever meets it again.
+    counted, truth = empty.execute(SAME).fetchone()
+    peak = max(entries for entries, _ in seen)
+    assert peak <= 200, f"peak {peak} entries; at the end the counts said {counted}, a full scan {truth}"
     assert max(total for _, total in seen) <= 60_000
     entries, total = data_rows(empty)
     assert entries <= 200 and total <= 60_000 and entries > 0
