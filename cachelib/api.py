@@ -391,8 +391,8 @@ class SharedReport:
         if self.seconds <= 0:
             return make()
         with self._lock:
-            made_at, report = self._made
-            if time.monotonic() - made_at >= self.seconds:
+            report = self.fresh()
+            if report is None:
                 report = make()
                 self._made = (time.monotonic(), report)
             return report

@@ -442,12 +442,12 @@ class Spec:
 
     def for_streamlit(self) -> go.Figure:
         """What st.plotly_chart takes without checking the figure again (it re-checks a dict)."""
-        if os.environ.get(CHECK_SPECS_SETTING, "0") not in ("", "0"):
+        if _checking():
             return self.figure()
         return _AsBuilt(self.to_dict())
 
     def to_html(self, **options: Any) -> str:
-        if os.environ.get(CHECK_SPECS_SETTING, "0") not in ("", "0"):
+        if _checking():
             self.figure()
         return pio.to_html(self.to_dict(), validate=False, **options)
 
@@ -461,6 +461,11 @@ class _AsBuilt(go.Figure):
 
     def to_dict(self) -> dict[str, Any]:
         return self._as_json
+
+
+def _checking() -> bool:
+    """Whether PGCACHE_CHECK_CHART_SPECS asks for every Spec to be checked before it is shown or written."""
+    return os.environ.get(CHECK_SPECS_SETTING, "0") not in ("", "0")
 
 
 @cache

@@ -374,10 +374,10 @@ def page() -> None:
     ui.prefetch(("period_totals", span), "target_status", ("events", span), "size_distribution",
                 ("hit_rate_series", {"days": days, "bucket": source_bucket}),
                 *([("load_reduction_series", {"days": days, "bucket": source_bucket})] if all_chosen else []))
-    totals = ui.numeric(ui.read("period_totals", start=aware(range_start), end=aware(range_end)), "hit_rate",
+    totals = ui.numeric(ui.read("period_totals", **span), "hit_rate",
                         "compute_ms_spent", "compute_ms_saved")
     status = ui.numeric(ui.read("target_status"), "measured", "goal")
-    events = ui.read("events", start=aware(range_start), end=aware(range_end))
+    events = ui.read("events", **span)
     with ui.guard("the targets"):
         scorecard(totals, status)
     series = hit_rates() if chosen else pd.DataFrame()
