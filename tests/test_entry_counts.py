@@ -382,9 +382,47 @@ def test_stores_never_take_the_cache_past_its_entry_bound(empty):
     assert_exact(conn, *moments(conn))
 
 
+def test_a_store_evicts_while_another_stores_eviction_is_open(empty, pg_url):
+    """A store at the bound whose transaction stays open has evicted one entry; the next store must evict too,
+    not find every entry locked (an eviction once locked a batch of 100 and took 1)."""
+    set_bound(empty, entries=100)  # headroom 32 entries: stores keep at most 68
+    for n in range(68):
+        owner_store(empty, f"open-evict:{n}")
+    with psycopg.connect(pg_url) as holder:
+        owner_store(holder, "open-evict:held")  # sees 69, evicts one, stays open
+        owner_store(empty, "open-evict:next")  # sees 69 too (the held store is not committed)
+        assert data_rows(empty)[0] == 68  # the held store's eviction is not committed either
+        holder.commit()
+    assert data_rows(empty)[0] == 68
+    assert_exact(empty, *moments(empty))
+
+
+def test_an_eviction_locks_only_what_it_evicts(empty, pg_url):
+    """Two evictions at once, by count and by bytes, in a small cache: each takes what it needs."""
+    for n in range(60):
+        owner_store(empty, f"lock:{n:02d}", payload="l" * 200)  # one size for all
+    [(size,)] = empty.execute("SELECT DISTINCT size_bytes FROM public.query_cache WHERE cache_key LIKE 'lock:%'").fetchall()
+    with psycopg.connect(pg_url) as first, psycopg.connect(pg_url) as second:
+        assert first.execute("SELECT * FROM cache_private.evict_least_useful(1, 0)").fetchone()[0] == 1
+        assert second.execute("SELECT * FROM cache_private.evict_least_useful(5, 0)").fetchone()[0] == 5
+        # by bytes: three entries' worth, less one byte, takes three entries
+        assert first.execute("SELECT * FROM cache_private.evict_least_useful(0, %s)",
+                             (3 * size - 1,)).fetchone()[0] == 3
+        assert second.execute("SELECT * FROM cache_private.evict_least_useful(0, %s)",
+                              (2 * size,)).fetchone()[0] == 2
+        free = "SELECT cache_key FROM public.query_cache WHERE cache_key LIKE 'lock:%' FOR UPDATE SKIP LOCKED"
+        with psycopg.connect(pg_url) as third:
+            assert len(third.execute(free).fetchall()) == 60 - 1 - 5 - 3 - 2  # nothing locked and left
+        first.commit()
+        second.commit()
+    assert data_rows(empty)[0] == 60 - 11
+    assert_exact(empty, *moments(empty))
+
+
 def test_concurrent_stores_at_the_bound(empty, pg_url):
     """16 clients store distinct keys at once at a bound of 200 entries and 60 kB, while a monitor reads the
-    committed totals as often as it can: they never exceed the bound."""
+    committed totals as often as it can: they never exceed the bound, nor the bound less its headroom (32
+    entries) plus one entry per store in flight (each store sees the committed entries and its own)."""
     set_bound(empty, entries=200, total_bytes=60_000)
     stop = threading.Event()
     seen: list[tuple[int, int]] = []
@@ -414,11 +452,11 @@ def test_concurrent_stores_at_the_bound(empty, pg_url):
     watcher.join()
     assert not errors, errors
     assert len(seen) > 50
-    # A peak above the bound once came out as 201 in a full `make test` (not reproduced alone): say what the
-    # maintained counts and the truth were when it ends, for whoever meets it again.
+    # A peak above the bound once came out as 201 in a full `make test` (an eviction locked more entries than
+    # it took, and the stores after it evicted nothing: 0024). Say what the counts and the truth were.
     counted, truth = empty.execute(SAME).fetchone()
     peak = max(entries for entries, _ in seen)
-    assert peak <= 200, f"peak {peak} entries; at the end the counts said {counted}, a full scan {truth}"
+    assert peak <= 200 - 32 + 16, f"peak {peak} entries; at the end the counts said {counted}, a full scan {truth}"
     assert max(total for _, total in seen) <= 60_000
     entries, total = data_rows(empty)
     assert entries <= 200 and total <= 60_000 and entries > 0
