@@ -401,7 +401,8 @@ def test_an_eviction_locks_only_what_it_evicts(empty, pg_url):
     """Two evictions at once, by count and by bytes, in a small cache: each takes what it needs."""
     for n in range(60):
         owner_store(empty, f"lock:{n:02d}", payload="l" * 200)  # one size for all
-    [(size,)] = empty.execute("SELECT DISTINCT size_bytes FROM public.query_cache WHERE cache_key LIKE 'lock:%'").fetchall()
+    [(size,)] = empty.execute("SELECT DISTINCT size_bytes FROM public.query_cache "
+                              "WHERE cache_key LIKE 'lock:%'").fetchall()
     with psycopg.connect(pg_url) as first, psycopg.connect(pg_url) as second:
         assert first.execute("SELECT * FROM cache_private.evict_least_useful(1, 0)").fetchone()[0] == 1
         assert second.execute("SELECT * FROM cache_private.evict_least_useful(5, 0)").fetchone()[0] == 5
