@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -129,6 +130,67 @@ def period_of(moments: Iterable, start: Any, end: Any, bucket: str) -> pd.Series
         floored = floored - pd.to_timedelta(floored.dt.day_of_week, unit="D")
     floored = floored.where(floored >= start, pd.Timestamp(start))
     return floored.where((values >= start) & (values < end))
+
+
+def regroup(series: pd.DataFrame, sums: list[str], grid: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """Rows of a series (moments in its ``bucket`` column) summed into the buckets of ``grid`` (from
+    ``periods``), per value of the column ``by`` if given: the grid's columns, ``by``, and the sums,
+    one row per bucket (and value) that has rows, sorted by start (then ``by``). Rows outside the grid
+    are left out; a missing value adds nothing.
+
+    In numpy, with one frame built at the end: a page regroups a month of hours per cache on every run,
+    and a pandas groupby and merge cost it tens of milliseconds."""
+    if series.empty or grid.empty:
+        return series.iloc[0:0]
+    starts = grid["start"].to_numpy(dtype="datetime64[ns]")
+    last_end = grid["end"].iloc[-1].to_datetime64()
+    moments = pd.to_datetime(series["bucket"], utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    position = np.searchsorted(starts, moments, side="right") - 1  # the last bucket starting at or before
+    inside = (position >= 0) & (moments < last_end)
+    if by:
+        codes, names = pd.factorize(series[by].to_numpy(dtype=object), sort=True)
+    else:
+        codes, names = np.zeros(len(series), dtype=np.int64), np.array([None], dtype=object)
+    width = len(names)
+    keys, row_of = np.unique((position * width + codes)[inside], return_inverse=True)
+    bucket_rows = keys // width
+    columns: dict[str, Any] = {"start": grid["start"].to_numpy()[bucket_rows]}
+    if by:
+        columns[by] = np.asarray(names, dtype=object)[keys % width]
+    for column in sums:
+        values = np.nan_to_num(pd.to_numeric(series[column], errors="coerce").to_numpy(dtype="float64")[inside])
+        summed = np.bincount(row_of, weights=values, minlength=len(keys))
+        columns[column] = summed.round().astype("int64") if pd.api.types.is_integer_dtype(series[column]) else summed
+    for column in ("end", "mid", "label", "partial"):
+        columns[column] = grid[column].to_numpy()[bucket_rows]
+    return pd.DataFrame(columns)
+
+
+def on_grid(series: pd.DataFrame, grid: pd.DataFrame, by: str = "cache_name") -> dict[str, pd.DataFrame]:
+    """Each value of ``by`` in a regrouped series: the grid with that value's columns on every bucket, empty
+    (NaN) where it has no row, so that a line breaks there instead of bridging the gap. In order of first
+    appearance."""
+    starts = grid["start"].to_numpy(dtype="datetime64[ns]")
+    bucket_columns = {column: grid[column].to_numpy() for column in grid.columns}
+    names = series[by].to_numpy(dtype=object)
+    values = {column: series[column].to_numpy() for column in series.columns
+              if column not in (by, "start", "end", "mid", "label", "partial")}
+    at_all = np.searchsorted(starts, series["start"].to_numpy(dtype="datetime64[ns]"))
+    grids = {}
+    for name in dict.fromkeys(names):
+        mine = names == name
+        at = at_all[mine]
+        whole = len(at) == len(starts)  # no gap: whole numbers stay whole
+        columns = dict(bucket_columns)
+        for column, source in values.items():
+            if whole and np.issubdtype(source.dtype, np.integer):
+                filled = np.empty(len(starts), dtype="int64")
+            else:
+                filled = np.full(len(starts), np.nan)
+            filled[at] = source[mine]
+            columns[column] = filled
+        grids[name] = pd.DataFrame(columns)
+    return grids
 
 
 # --- axes ---------------------------------------------------------------------------------
@@ -444,12 +506,26 @@ class Spec:
         """What st.plotly_chart takes without checking the figure again (it re-checks a dict)."""
         if _checking():
             return self.figure()
-        return _AsBuilt(self.to_dict())
+        return _AsBuilt(_dates_as_text(self.to_dict()))
 
     def to_html(self, **options: Any) -> str:
         if _checking():
             self.figure()
-        return pio.to_html(self.to_dict(), validate=False, **options)
+        return pio.to_html(_dates_as_text(self.to_dict()), validate=False, **options)
+
+
+def _dates_as_text(value: Any) -> Any:
+    """``value`` with every datetime as the ISO text plotly's JSON makes of it. plotly.io.to_json takes each
+    datetime down a slow path (about 20 µs each: 4 ms for a chart of 180 points); text it passes through."""
+    if isinstance(value, dict):
+        return {key: _dates_as_text(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(item, (datetime, dict, list, tuple)) for item in value):
+            return [_dates_as_text(item) for item in value]
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
 
 
 class _AsBuilt(go.Figure):

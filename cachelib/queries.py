@@ -250,10 +250,9 @@ def measure(totals: pd.DataFrame, target: Target) -> float | None:
     if totals.empty:
         return None
     if target.metric == "hit_rate":
-        row = totals[totals.cache_name == target.cache_name]
-        if row.empty or row.iloc[0].hit_rate is None or pd.isna(row.iloc[0].hit_rate):
-            return None
-        return float(row.iloc[0].hit_rate)
+        # A lookup by name, not a filter of the frame: a page measures every target on every run.
+        rate = dict(zip(totals["cache_name"], totals["hit_rate"], strict=True)).get(target.cache_name)
+        return None if rate is None or pd.isna(rate) else float(rate)
     return load_reduction(totals)
 
 

@@ -40,6 +40,7 @@ from cachelib.maintenance import SEVERITY, Actor, worst
 log = logging.getLogger("cachelib.ui")
 
 READ_TTL_SECONDS = 3
+PREFETCH_THREADS = 8  # reads warmed at once, for all sessions of this server (a page asks for at most six)
 # Markdown icons (material symbols ship with Streamlit; emoji fonts are often missing on servers).
 STATUS_ICON = {"ok": ":green[:material/check_circle:]", "warning": ":orange[:material/warning:]",
                "critical": ":red[:material/error:]"}
@@ -115,12 +116,11 @@ def read(name: str, **kwargs) -> Any:
 
 def prefetch(*reads: str | tuple[str, dict[str, Any]]) -> None:
     """Warm the read cache for several reads at once: ``"health"`` or ``("top_entries", {"limit": 10})``.
+    (Each read attaches its session's context to the pool thread that runs it.)
 
     Several of these scan the entries once each; run side by side they cost the
     time of the slowest instead of the sum (the pool has a connection for each).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
     ctx = get_script_run_ctx()
@@ -134,8 +134,15 @@ def prefetch(*reads: str | tuple[str, dict[str, Any]]) -> None:
         except CacheError:
             pass  # the page's own read shows the error where it belongs
 
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        list(pool.map(warm, calls))
+    list(_prefetch_pool().map(warm, calls))
+
+
+@st.cache_resource(show_spinner=False)
+def _prefetch_pool():
+    """Threads kept for prefetch: starting a thread per read cost a page 10-25 ms (more on a busy machine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="prefetch")
 
 
 def clear_reads() -> None:
@@ -144,12 +151,13 @@ def clear_reads() -> None:
 
 
 def numeric(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    """Copy of ``frame`` with ``columns`` as floats (NUMERIC arrives as Decimal objects)."""
-    frame = frame.copy()
-    for column in columns:
-        if column in frame:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    return frame
+    """Copy of ``frame`` with ``columns`` as floats (NUMERIC arrives as Decimal objects, NULL as None)."""
+    present = [column for column in columns if column in frame]
+    try:
+        return frame.astype(dict.fromkeys(present, "float64"))  # one copy for all columns
+    except (TypeError, ValueError):  # something not a number: NaN, as to_numeric(errors="coerce") gives
+        return frame.assign(**{column: pd.to_numeric(frame[column], errors="coerce").astype("float64")
+                               for column in present})
 
 
 # --- errors -----------------------------------------------------------------------

@@ -79,29 +79,6 @@ with ui.guard("the controls"):
     source_bucket = "hour" if bucket == "hour" or days <= HOURLY_READ_DAYS else "day"
 
 
-def regroup(frame: pd.DataFrame, sums: list[str], by: list[str]) -> pd.DataFrame:
-    """Rows of a series (bucket column) summed into the buckets of ``grid`` (weeks clipped to the range),
-    with the bucket's mid, label, start and end."""
-    if frame.empty:
-        return frame
-    frame = frame.assign(start=charts.period_of(frame["bucket"], range_start, range_end, bucket)).dropna(
-        subset=["start"])
-    if frame.empty:
-        return frame
-    grouped = frame.groupby(["start", *by], as_index=False)[sums].sum()
-    return grouped.merge(grid, on="start", how="inner").sort_values(["start", *by])
-
-
-def on_grid(series: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Each cache's rows of a regrouped series with a row for every bucket of the range: a bucket without
-    calls has no value, so the line breaks there instead of bridging it. (One reindex for all caches.)"""
-    caches = list(dict.fromkeys(series["cache_name"]))
-    values = series.drop(columns=["end", "mid", "label", "partial"]).set_index(["cache_name", "start"])
-    full = values.reindex(pd.MultiIndex.from_product([caches, grid["start"]], names=["cache_name", "start"]))
-    buckets = grid.set_index("start")
-    return {cache: buckets.join(full.loc[cache]).reset_index() for cache in caches}
-
-
 def hit_rates() -> pd.DataFrame:
     """Per bucket and chosen cache: hits, misses, fallbacks, hit_rate, avg_hit_ms, avg_miss_ms."""
     series = ui.numeric(ui.read("hit_rate_series", days=days, bucket=source_bucket),
@@ -111,7 +88,7 @@ def hit_rates() -> pd.DataFrame:
     series = series[series["cache_name"].isin(chosen)]
     series = series.assign(hit_ms=series["avg_hit_ms"].fillna(0) * series["hits"],
                            miss_ms=series["avg_miss_ms"].fillna(0) * series["misses"])
-    series = regroup(series, ["hits", "misses", "fallbacks", "hit_ms", "miss_ms"], ["cache_name"])
+    series = charts.regroup(series, ["hits", "misses", "fallbacks", "hit_ms", "miss_ms"], grid, by="cache_name")
     if series.empty:
         return series
     calls = series["hits"] + series["misses"] + series["fallbacks"]
@@ -126,7 +103,7 @@ def load_series() -> tuple[pd.DataFrame, str | None]:
     if all_chosen:
         load = ui.numeric(ui.read("load_reduction_series", days=days, bucket=source_bucket),
                           "compute_ms_spent", "compute_ms_saved")
-        load = regroup(load, ["compute_ms_spent", "compute_ms_saved"], [])
+        load = charts.regroup(load, ["compute_ms_spent", "compute_ms_saved"], grid)
         note = None
     else:
         # No series read splits load by cache: sum period_totals of the chosen caches bucket by bucket.
@@ -173,10 +150,11 @@ def scorecard(totals: pd.DataFrame, status: pd.DataFrame) -> None:
     st.subheader(f"Targets: selected range ({period}) and target windows")
     if chosen:
         columns = st.columns(len(chosen) + 1)
+        by_cache = {row["cache_name"]: row for row in totals.to_dict("records")}
         for column, cache in zip(columns, chosen, strict=False):
-            row = totals[totals["cache_name"] == cache] if not totals.empty else totals
-            calls = int(row[["hits", "misses", "fallbacks"]].to_numpy().sum()) if not row.empty else 0
-            value = row["hit_rate"].iloc[0] if calls else None
+            row = by_cache.get(cache)
+            calls = int(row["hits"] + row["misses"] + row["fallbacks"]) if row else 0
+            value = row["hit_rate"] if calls else None
             column.metric(f"{ui.cache_label(cache)} hit rate", ui.fmt_pct(value),
                           help=f"{calls:,} calls from {period} (UTC)")
         mine = totals[totals["cache_name"].isin(chosen)] if not totals.empty else totals
@@ -382,7 +360,7 @@ def page() -> None:
         scorecard(totals, status)
     series = hit_rates() if chosen else pd.DataFrame()
     # Each chosen cache's series with a row for every bucket, for the hit-rate and response-time charts.
-    grids = on_grid(series) if not series.empty else {}
+    grids = charts.on_grid(series, grid) if not series.empty else {}
     with ui.guard("the hit-rate chart"):
         hit_rate_chart(series, grids, events)
     with ui.guard("the load-reduction chart"):

@@ -276,3 +276,91 @@ def test_period_of_keeps_the_index_of_a_filtered_column():
     owners = charts.period_of(only_b["at"], NOV_1, DEC_1, "day")
     assert list(owners.index) == [1, 2]
     assert list(only_b.assign(day=owners)["day"]) == [datetime(2025, 11, 1), datetime(2025, 11, 2)]
+
+
+# --- regrouping series into the buckets of a range ------------------------------------------------
+
+def _regroup_by_pandas(frame, sums, grid, by, start, end, bucket):
+    """The reference: regrouping as the Performance page did it with pandas (period_of, groupby, merge)."""
+    keys = [by] if by else []
+    frame = frame.assign(start=charts.period_of(frame["bucket"], start, end, bucket)).dropna(subset=["start"])
+    if frame.empty:
+        return frame
+    grouped = frame.groupby(["start", *keys], as_index=False)[sums].sum()
+    return grouped.merge(grid, on="start", how="inner").sort_values(["start", *keys]).reset_index(drop=True)
+
+
+def _on_grid_by_pandas(series, grid):
+    caches = list(dict.fromkeys(series["cache_name"]))
+    values = series.drop(columns=["end", "mid", "label", "partial"]).set_index(["cache_name", "start"])
+    full = values.reindex(pd.MultiIndex.from_product([caches, grid["start"]], names=["cache_name", "start"]))
+    buckets = grid.set_index("start")
+    return {cache: buckets.join(full.loc[cache]).reset_index() for cache in caches}
+
+
+def _random_series(seed: int, start: datetime, end: datetime) -> pd.DataFrame:
+    import random
+
+    rng = random.Random(seed)
+    span = (end - start) / timedelta(hours=1)
+    rows = []
+    for _ in range(rng.randint(1, 400)):
+        hour = start + timedelta(hours=rng.randint(-30, int(span) + 30))  # some outside the range
+        rows.append({"bucket": hour.replace(tzinfo=UTC), "cache_name": rng.choice(["c", "a", "b"]),
+                     "hits": rng.randint(0, 500), "misses": rng.randint(0, 50),
+                     "hit_ms": rng.choice([None, rng.random() * 1e4]), "spent": rng.random() * 1e6})
+    return pd.DataFrame(rows).astype({"hit_ms": "float64"})
+
+
+@pytest.mark.parametrize("bucket", ["hour", "day", "week"])
+def test_regroup_sums_as_the_pandas_groupby_did(bucket):
+    """On 60 random series (rows outside the range, missing values, caches in any order): the same rows,
+    columns, values and integer types as period_of + groupby + merge."""
+    for seed in range(60):
+        start = datetime(2025, 10, 29) + timedelta(hours=seed * 7 if bucket == "hour" else 0, days=seed % 5)
+        end = start + (timedelta(days=3) if bucket == "hour" else timedelta(days=10 + seed))
+        grid = charts.periods(start, end, bucket)
+        series = _random_series(seed, start, end)
+        for by, sums in (("cache_name", ["hits", "misses", "hit_ms"]), (None, ["spent", "hits"])):
+            ours = charts.regroup(series, sums, grid, by=by)
+            theirs = _regroup_by_pandas(series, sums, grid, by, start, end, bucket)
+            if theirs.empty:
+                assert ours.empty
+                continue
+            pd.testing.assert_frame_equal(ours, theirs[ours.columns], check_exact=False, rtol=1e-12)
+            assert list(ours.columns) == list(theirs.columns)
+            if by:
+                pd.testing.assert_frame_equal(pd.concat(charts.on_grid(ours, grid)),
+                                              pd.concat(_on_grid_by_pandas(ours, grid)),
+                                              check_exact=False, rtol=1e-12)
+                assert list(charts.on_grid(ours, grid)) == list(_on_grid_by_pandas(ours, grid))
+
+
+def test_regroup_of_rows_all_outside_the_range_is_empty():
+    grid = charts.periods(NOV_1, DEC_1, "day")
+    series = pd.DataFrame({"bucket": [datetime(2025, 10, 31, 23, tzinfo=UTC), datetime(2025, 12, 1, tzinfo=UTC)],
+                           "cache_name": ["a", "a"], "hits": [1, 2]})
+    assert charts.regroup(series, ["hits"], grid, by="cache_name").empty
+    assert charts.regroup(series.iloc[0:0], ["hits"], grid).empty
+
+
+def test_a_spec_shown_unchecked_sends_the_json_plotly_would(monkeypatch):
+    """Datetimes go to the browser as the same text plotly's own JSON encoder makes of them (the Spec passes
+    them as text to skip its slow path): naive datetimes, Timestamps, microseconds, in data, customdata and
+    layout, next to None and NaN."""
+    import json
+    import math
+
+    import plotly.io as pio
+
+    monkeypatch.setenv(charts.CHECK_SPECS_SETTING, "0")
+    moments = [datetime(2025, 11, 1, 12), pd.Timestamp("2025-11-02 00:00:00.250000"), None,
+               datetime(2025, 11, 3, 5, 6, 7, 89)]
+    spec = charts.Spec()
+    spec.add({"type": "scatter", "x": moments, "y": [1.5, math.nan, None, 2],
+              "customdata": [["Nov 1", moments[0]], ["Nov 2", 3], ["Nov 3", None], ("Nov 4", moments[1])]})
+    spec.update({"xaxis": {"range": [moments[0], moments[3]], "tick0": moments[1]}})
+    spec.mark([{"type": "line", "x0": moments[0], "x1": moments[0], "y0": 0, "y1": 1}], [])
+    sent = json.loads(pio.to_json(spec.for_streamlit(), validate=False))
+    assert sent == json.loads(pio.to_json(spec.to_dict(), validate=False))
+    assert sent["data"][0]["x"][1] == "2025-11-02T00:00:00.250000"
