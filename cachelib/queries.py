@@ -7,6 +7,7 @@ Bad parameters raise InvalidInput; an unreachable database DatabaseUnavailable.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,9 +24,16 @@ ORDER_BY_CHOICES = ("hits", "size", "age", "expires", "compute", "saved", "key")
 BUCKETS = ("hour", "day", "week")
 
 
-def _frame(sql: str, params: tuple = (), database: Database | None = None, rollup: bool = False) -> pd.DataFrame:
+def _frame(sql: str, params: tuple = (), database: Database | None = None, rollup: bool = False,
+           in_utc: bool = False) -> pd.DataFrame:
+    """The rows of ``sql`` as a frame; ``in_utc``: read with the session's TimeZone set to UTC for this
+    transaction, so that the functions' date_trunc cuts UTC hours, days and weeks (as the dashboard shows
+    them), whatever the database's or role's default time zone."""
     database = database or get_database()
-    with translated_errors(database.url), database.connection() as conn:
+    with translated_errors(database.url), database.connection() as conn, \
+            (conn.transaction() if in_utc else contextlib.nullcontext()):
+        if in_utc:
+            conn.execute("SELECT pg_catalog.set_config('TimeZone', 'UTC', true)")
         if rollup:
             conn.execute("SELECT cache_private.try_rollup()")
         cursor = conn.cursor()
@@ -91,13 +99,16 @@ def top_entries(limit: int = 50, order_by: str = "hits", cache: str | None = Non
 
 def hit_rate_series(days: int = 30, bucket: str = "day", cache: str | None = None,
                     database: Database | None = None) -> pd.DataFrame:
-    """Per bucket and cache: bucket, cache_name, hits, misses, fallbacks, hit_rate (%), avg_hit_ms, avg_miss_ms."""
-    return _frame("SELECT * FROM public.get_cache_hit_rate_series(%s, %s, %s)", (days, bucket, cache), database)
+    """Per UTC bucket and cache: bucket, cache_name, hits, misses, fallbacks, hit_rate (%), avg_hit_ms,
+    avg_miss_ms."""
+    return _frame("SELECT * FROM public.get_cache_hit_rate_series(%s, %s, %s)", (days, bucket, cache), database,
+                  in_utc=True)
 
 
 def load_reduction_series(days: int = 30, bucket: str = "day", database: Database | None = None) -> pd.DataFrame:
-    """Per bucket: bucket, compute_ms_spent, compute_ms_saved, load_reduction (%)."""
-    return _frame("SELECT * FROM public.get_cache_load_reduction_series(%s, %s)", (days, bucket), database)
+    """Per UTC bucket: bucket, compute_ms_spent, compute_ms_saved, load_reduction (%)."""
+    return _frame("SELECT * FROM public.get_cache_load_reduction_series(%s, %s)", (days, bucket), database,
+                  in_utc=True)
 
 
 def cleanup_log(limit: int = 50, database: Database | None = None) -> pd.DataFrame:

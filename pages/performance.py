@@ -19,7 +19,6 @@ MAX_DAYS = 3650          # the read functions go back at most this far
 HOUR_MAX_DAYS = 7        # hourly points beyond a week are an unreadable band
 YOUNG_DAYS = 90          # a deployment younger than this is shown from its first day
 SUBSET_MAX_PERIODS = 120  # load reduction of some caches costs one read per bucket
-HOURLY_READ_DAYS = 400    # read hourly rows (at most 9,600 per cache) up to this far back
 CHOOSE = "Choose at least one cache in the Caches filter above to see this chart."
 STATE_RESULT = {"met": "pass", "missed": "fail", "no data": "no data", "not started": "not started"}
 told: set[str] = set()  # the events sentences already under a chart in this run
@@ -74,9 +73,9 @@ with ui.guard("the controls"):
     period = charts.period_label(range_start, range_end)
     every = {"hour": "hourly", "day": "daily", "week": "weekly"}[bucket]
     all_chosen = set(chosen) == set(cache_names)
-    # Series are read by the hour and summed here into UTC days and weeks, whatever the database session's
-    # TimeZone (its date_trunc('day') would cut local days); by the day only for very long reads.
-    source_bucket = "hour" if bucket == "hour" or days <= HOURLY_READ_DAYS else "day"
+    # Series are read in UTC hours or days (queries cut them in UTC whatever the session's TimeZone) and
+    # summed here into the range's buckets (weeks clipped to the range).
+    source_bucket = "hour" if bucket == "hour" else "day"
 
 
 def hit_rates() -> pd.DataFrame:

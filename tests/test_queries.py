@@ -112,3 +112,41 @@ def test_target_status_over_the_windows(db_url):
     assert after_month1.loc[("Week 1", "product_performance"), "state"] == "missed"
     assert after_month1.loc[("Month 1", "product_performance"), "state"] == "met"
     assert after_month1.loc[("Month 1", "all caches"), "measured"] == 100.0
+
+
+def test_series_cut_utc_days_whatever_the_databases_time_zone(pg18):
+    """With the database's default TimeZone at UTC+5:30 (hours cut at :30 UTC, days at 18:30 UTC) the series
+    still come in UTC hours and days: the daily rows are the hourly rows summed by UTC day."""
+    url = pg18.fresh_database("series_time_zone")
+    with psycopg.connect(url, autocommit=True) as owner:
+        owner.execute(f"ALTER DATABASE {owner.info.dbname} SET TimeZone = 'Asia/Kolkata'")
+        # Six days of hourly statistics for two caches, different in every hour.
+        owner.execute("""
+            INSERT INTO cache_private.cache_stats_hourly
+              (cache_name, bucket, hits, misses, fallbacks, hit_ms_total, miss_ms_total, compute_ms_spent,
+               compute_ms_saved)
+            SELECT c, date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - h * interval '1 hour',
+                   h % 17 + 1, h % 5, h % 3, h * 0.5, h * 2.0, h * 3.5, h * 7.25
+            FROM unnest(ARRAY['expert_sessions', 'product_performance']) c, generate_series(1, 144) h
+            ON CONFLICT (cache_name, bucket) DO NOTHING""")
+    database = Database(url)
+    try:
+        hourly = queries.hit_rate_series(7, "hour", database=database)
+        daily = queries.hit_rate_series(7, "day", database=database)
+        load_hourly = queries.load_reduction_series(7, "hour", database=database)
+        load_daily = queries.load_reduction_series(7, "day", database=database)
+    finally:
+        database.close()
+    assert all(moment.minute == 0 for moment in hourly["bucket"])
+    assert all(moment.astimezone(UTC).hour == 0 for moment in daily["bucket"])
+
+    def by_utc_day(frame, columns, keys):
+        days = pd.to_datetime(frame["bucket"], utc=True).dt.floor("D")
+        return frame.assign(bucket=days).groupby(["bucket", *keys], as_index=False)[columns].sum()
+
+    summed = by_utc_day(hourly, ["hits", "misses", "fallbacks"], ["cache_name"])
+    assert summed.to_dict("records") == daily.assign(bucket=pd.to_datetime(daily["bucket"], utc=True))[
+        ["bucket", "cache_name", "hits", "misses", "fallbacks"]].to_dict("records")
+    spent = by_utc_day(load_hourly, ["compute_ms_spent"], [])
+    assert [round(v, 6) for v in spent["compute_ms_spent"]] == \
+           [round(float(v), 6) for v in load_daily["compute_ms_spent"]]
