@@ -843,3 +843,33 @@ def test_a_failed_computation_leaves_nothing_behind(c):
     assert err.value.sqlstate == "22023" and "p_expert_id" in str(err.value)
     assert val(c, "SELECT count(*) FROM public.query_cache") == 0
     assert val(c, "SELECT count(*) FROM cache_private.cache_events") == 0
+
+
+def test_an_idle_rollup_writes_nothing(c):
+    """Every admin read rolls up first. With nothing pending that must not write (a write takes a transaction
+    id and waits for the disk on every read); with work pending it still does it: events rolled up, the sweep
+    after an invalidation, the history's compaction once the hour has passed."""
+    def written_by(*statements) -> bool:
+        with c.transaction():
+            for statement in statements:
+                c.execute(statement)
+            return val(c, "SELECT pg_current_xact_id_if_assigned()") is not None
+
+    reads = ("SELECT cache_private.try_rollup()", "SELECT count(*) FROM public.get_top_cache_entries(50)",
+             "SELECT count(*) FROM public.get_cache_metrics_overview()")
+    call(c, "expert", 1)
+    call(c, "expert", 1)
+    assert written_by("SELECT cache_private.try_rollup()")  # the miss and the hit are rolled up
+    assert not written_by(*reads)
+    add_session(c, 1)  # an invalidation since the sweep's mark
+    assert written_by("SELECT cache_private.try_rollup()")
+    assert not written_by(*reads)
+    compacted = val(c, "SELECT at FROM cache_private.history_state WHERE name = 'history_compacted'")
+    later = compacted + timedelta(hours=2)
+    set_clock(c, later)
+    try:
+        assert written_by("SELECT cache_private.try_rollup()")
+        assert val(c, "SELECT at FROM cache_private.history_state WHERE name = 'history_compacted'") == later
+        assert not written_by(*reads)
+    finally:
+        set_clock(c, None)
