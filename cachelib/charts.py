@@ -118,18 +118,29 @@ def periods(start: Any, end: Any, bucket: str) -> pd.DataFrame:
 
 def period_of(moments: Iterable, start: Any, end: Any, bucket: str) -> pd.Series:
     """For each moment, the start of its bucket in ``periods(start, end, bucket)`` (NaT outside [start, end)),
-    indexed as ``moments`` when it is a Series."""
-    start, end = naive_utc(start), naive_utc(end)
+    indexed as ``moments`` when it is a Series (a filtered frame's index has gaps: assigning the result to
+    its frame lines up row by row)."""
     values = moments if isinstance(moments, pd.Series) else pd.Series(list(moments), dtype=object)
-    # A column keeps its index, so that assigning the result to its frame lines up row by row (a filtered
-    # frame's index has gaps); a datetime column is converted as it is (through Python objects it cost a
-    # chart 70 ms a month of hours).
-    values = pd.to_datetime(values, utc=True).dt.tz_localize(None)
-    floored = values.dt.floor("h" if bucket == "hour" else "D")
-    if bucket == "week":
-        floored = floored - pd.to_timedelta(floored.dt.day_of_week, unit="D")
-    floored = floored.where(floored >= start, pd.Timestamp(start))
-    return floored.where((values >= start) & (values < end))
+    grid = periods(start, end, bucket)
+    if grid.empty:  # an empty range holds no moment
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
+    position = _bucket_positions(values, grid)
+    starts = grid["start"].to_numpy()
+    owners = np.where(position >= 0, starts[np.maximum(position, 0)], np.datetime64("NaT").astype(starts.dtype))
+    return pd.Series(owners, index=values.index)
+
+
+def _bucket_positions(moments: pd.Series, grid: pd.DataFrame) -> np.ndarray:
+    """For each moment, the row of ``grid`` (from ``periods``) whose bucket holds it, -1 outside the grid: the
+    last bucket starting at or before it. (Naive moments are UTC; a datetime column is converted as it is:
+    through Python objects it cost a chart 70 ms a month of hours.)"""
+    if grid.empty:
+        return np.full(len(moments), -1)
+    starts = grid["start"].to_numpy(dtype="datetime64[ns]")
+    last_end = grid["end"].iloc[-1].to_datetime64()
+    at = pd.to_datetime(moments, utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    position = np.searchsorted(starts, at, side="right") - 1
+    return np.where((position >= 0) & (at < last_end), position, -1)
 
 
 def regroup(series: pd.DataFrame, sums: list[str], grid: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
@@ -142,11 +153,8 @@ def regroup(series: pd.DataFrame, sums: list[str], grid: pd.DataFrame, by: str |
     and a pandas groupby and merge cost it tens of milliseconds."""
     if series.empty or grid.empty:
         return series.iloc[0:0]
-    starts = grid["start"].to_numpy(dtype="datetime64[ns]")
-    last_end = grid["end"].iloc[-1].to_datetime64()
-    moments = pd.to_datetime(series["bucket"], utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    position = np.searchsorted(starts, moments, side="right") - 1  # the last bucket starting at or before
-    inside = (position >= 0) & (moments < last_end)
+    position = _bucket_positions(series["bucket"], grid)
+    inside = position >= 0
     if by:
         codes, names = pd.factorize(series[by].to_numpy(dtype=object), sort=True)
     else:
