@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cachelib import db, demo, migrate  # noqa: E402
+from cachelib import db, demo, fasthits, migrate  # noqa: E402
 from cachelib.config import Settings  # noqa: E402
 from cachelib.manager import CacheManager  # noqa: E402
 
@@ -114,28 +115,37 @@ def p(samples, q) -> float:
 
 # --- 1. hit cost vs the floor ------------------------------------------------------
 
-def hit_floor(url):
-    print("1. small-payload hit vs primary-key SELECT of the same payload (same connection)")
-    key_sql = "SELECT public.get_expert_sessions_with_stats_cached(7, '1 hour')::text"
-    floor_sql = "SELECT data::text FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
+HIT_SQL = "SELECT public.get_expert_sessions_with_stats_cached(7, '1 hour')::text"
+FLOOR_SQL = "SELECT data::text FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
+
+
+def hit_count(conn, key: str) -> int:
+    conn.execute("SELECT cache_private.rollup_stats()")
+    return conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = %s", (key,)).fetchone()[0]
+
+
+def hits_and_floors(url) -> tuple[list[float], list[float], int, int]:
+    """5,000 hits and 5,000 primary-key reads of the same entry, interleaved; the hits counted, the entry's size."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(key_sql)
-        conn.execute("SELECT cache_private.rollup_stats()")
-        before = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
-                              ).fetchone()[0]
+        conn.execute(HIT_SQL)
+        before = hit_count(conn, "expert_sessions:7")
         hits, floors = [], []
         for _ in range(10):  # interleaved blocks so drift hits both sides alike
-            floors += timed(conn, floor_sql, n=500)
-            hits += timed(conn, key_sql, n=500)
-        conn.execute("SELECT cache_private.rollup_stats()")
-        after = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
-                             ).fetchone()[0]
+            floors += timed(conn, FLOOR_SQL, n=500)
+            hits += timed(conn, HIT_SQL, n=500)
+        counted = hit_count(conn, "expert_sessions:7") - before
         size = conn.execute("SELECT size_bytes FROM public.query_cache WHERE cache_key = 'expert_sessions:7'"
                             ).fetchone()[0]
+    return hits, floors, counted, size
+
+
+def hit_floor(url):
+    print("1. small-payload hit vs primary-key SELECT of the same payload (same connection)")
+    hits, floors, counted, size = hits_and_floors(url)
     record("hit_floor", "hit p50 (µs)", p(hits, .5) * 1e6, "µs", p(floors, .5) * 1e6, "PK SELECT p50", goal=1.5,
            note=f"payload {size} bytes")
     record("hit_floor", "hit p99 (µs)", p(hits, .99) * 1e6, "µs", p(floors, .99) * 1e6, "PK SELECT p99")
-    record("hit_floor", "hits counted / hits made", after - before, "hits", len(hits), "hits made", goal=1.0,
+    record("hit_floor", "hits counted / hits made", counted, "hits", len(hits), "hits made", goal=1.0,
            higher_is_better=True)
 
 
@@ -203,23 +213,42 @@ def pgbench_tps(url, script: str, clients=16, seconds=10, options: str | None = 
     return tps, done
 
 
+HOT_FLOOR = "SELECT data FROM public.query_cache WHERE cache_key = 'expert_sessions:9';"
+HOT_HIT = "SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour');"
+
+
+def alternating_tps(url, scripts: dict[str, str], rounds=2, seconds=5) -> dict[str, tuple[float, int]]:
+    """Each script under 16 clients in turn, `rounds` times: the mean rate and the calls made of each.
+    In turn, so that this machine's drift (up to 2x over minutes) falls on every script alike."""
+    runs = {name: [] for name in scripts}
+    for _ in range(rounds):
+        for name, script in scripts.items():
+            runs[name].append(pgbench_tps(url, script, seconds=seconds))
+    return {name: (statistics.mean(t for t, _ in done), sum(n for _, n in done)) for name, done in runs.items()}
+
+
+def hot_key_run(url, also: dict[str, str] | None = None) -> tuple[float, float, int, int, dict]:
+    """16 clients on the primary-key read and on the cached call, in turn: both rates, calls made, hits
+    counted; and the rates of the `also` scripts run in the same turns."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(HOT_HIT)
+        before = hit_count(conn, "expert_sessions:9")
+    rates = alternating_tps(url, {"floor": HOT_FLOOR, "hit": HOT_HIT, **(also or {})})
+    with psycopg.connect(url, autocommit=True) as conn:
+        counted = hit_count(conn, "expert_sessions:9") - before
+    counted -= sum(done for name, (_, done) in rates.items() if name not in ("floor", "hit"))  # same key
+    return rates["floor"][0], rates["hit"][0], rates["hit"][1], counted, rates
+
+
 def hot_key(url):
-    print("3. hot key: 16 clients on one cached key vs 16 clients on the primary-key SELECT (pgbench, 10 s each)")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour')")
-        conn.execute("SELECT cache_private.rollup_stats()")
-        before = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:9'"
-                              ).fetchone()[0]
-    floor_tps, _ = pgbench_tps(url, "SELECT data FROM public.query_cache WHERE cache_key = 'expert_sessions:9';")
-    hit_tps, done = pgbench_tps(url, "SELECT public.get_expert_sessions_with_stats_cached(9, '1 hour');")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT cache_private.rollup_stats()")
-        after = conn.execute("SELECT hit_count FROM public.query_cache WHERE cache_key = 'expert_sessions:9'"
-                             ).fetchone()[0]
+    print("3. hot key: 16 clients on one cached key vs 16 clients on the primary-key SELECT (pgbench, 2 x 5 s each, in turn)")
+    floor_tps, hit_tps, done, counted, _ = hot_key_run(url)
     record("hot_key", "cached-key throughput (calls/s)", hit_tps, "calls/s", floor_tps, "PK SELECT calls/s",
            goal=0.7, higher_is_better=True)
-    record("hot_key", "hits counted / calls made", after - before, "hits", done, "pgbench calls", goal=1.0,
+    record("hot_key", "hits counted / calls made", counted, "hits", done, "pgbench calls", goal=1.0,
            higher_is_better=True)
+    record("hot_key", "roll-up of a hot key's hits (µs per hit)", rollup_after_hot_key(url), "µs",
+           note="rolling up the event log's rows, one per hit, after 10 s of 16 clients")
 
 
 # --- 3b. what exact per-hit counting costs, against counting in batches ------------------
@@ -254,6 +283,55 @@ def counting(url):
                              options="-c default_transaction_read_only=on")
     record("counting", "hot key, counted in batches (calls/s)", hit_tps, "calls/s", floor_tps, "PK SELECT calls/s",
            goal=0.7, higher_is_better=True, note="the forwarding (above) not included")
+
+
+# --- 3c. the optional C hit path (ext/pgcache_hit) -------------------------------------
+
+HOT_BARE_C_HIT = "SELECT cache_private.hit_fast('expert_sessions', 'expert_sessions:9', '1 hour');"
+
+
+def fast_hits(url):
+    """The same hit, hot key and counts with pgcache_hit enabled, where it can be built; disabled after."""
+    print("3c. the optional C hit path (pgcache_hit): hits served from C, counted in shared memory")
+    with psycopg.connect(url) as conn:
+        major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+    pg_config = shutil.which("pg_config") if os.environ.get("BENCH_DATABASE_URL") else \
+        fasthits.embedded_pg_config(major)
+    reason = fasthits.build_blocker(pg_config)
+    if reason:
+        print(f"  not measured: {reason}")
+        return
+    fasthits.build_and_install(pg_config)
+    fasthits.enable(url)
+    try:
+        hits, floors, counted, _size = hits_and_floors(url)
+        record("fast_hits", "hit p50, served in C (µs)", p(hits, .5) * 1e6, "µs", p(floors, .5) * 1e6,
+               "PK SELECT p50", goal=1.5)
+        record("fast_hits", "hits counted / hits made (C)", counted, "hits", len(hits), "hits made", goal=1.0,
+               higher_is_better=True)
+        floor_tps, hit_tps, done, counted, rates = hot_key_run(url, also={"bare": HOT_BARE_C_HIT})
+        record("fast_hits", "hot key, served in C (calls/s)", hit_tps, "calls/s", floor_tps, "PK SELECT calls/s",
+               goal=0.7, higher_is_better=True, note="through the generated PL/pgSQL wrapper")
+        record("fast_hits", "hot key, the C hit alone (calls/s)", rates["bare"][0], "calls/s", floor_tps,
+               "PK SELECT calls/s", note="cache_private.hit_fast called directly: what a wrapper in C could reach")
+        record("fast_hits", "hot-key hits counted / calls made (C)", counted, "hits", done, "pgbench calls",
+               goal=1.0, higher_is_better=True)
+        rollup_us = rollup_after_hot_key(url)
+        record("fast_hits", "roll-up of a hot key's hits (µs per hit)", rollup_us, "µs",
+               note="forwarding the shared-memory sums and rolling them up, after 10 s of 16 clients")
+    finally:
+        fasthits.disable(url)
+
+
+def rollup_after_hot_key(url) -> float:
+    """What counting costs later: the roll-up's time per hit after a pgbench run on the hot key."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT cache_private.rollup_stats()")
+    _, done = pgbench_tps(url, HOT_HIT)
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        conn.execute("SELECT cache_private.rollup_stats()")
+        return (time.perf_counter() - started) * 1e6 / done
 
 
 # --- 4. stampede ----------------------------------------------------------------------
@@ -518,6 +596,7 @@ def payload(url):
 
 
 SECTIONS = {"hit_floor": hit_floor, "hit_vs_direct": hit_vs_direct, "hot_key": hot_key, "counting": counting,
+            "fast_hits": fast_hits,
             "stampede": stampede, "load_reduction": load_reduction, "cleanup": cleanup_under_traffic,
             "admin_reads": admin_reads, "data_layer": data_layer, "pages": pages, "api": api_metrics,
             "payload": payload}

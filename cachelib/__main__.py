@@ -780,6 +780,64 @@ def alerts_test():
 # --- end alert webhook (alerts.py) -----------------------------------------------
 
 
+# --- the optional C hit path (fasthits.py) ----------------------------------------
+
+@cli.group("fast-hits")
+def fast_hits_group():
+    """The optional C hit path (extension pgcache_hit): build it on the database's host, then enable it."""
+
+
+@fast_hits_group.command("status")
+@friendly_errors
+def fast_hits_status():
+    """Say whether pgcache_hit is built on the server and whether the cached functions use it."""
+    from cachelib import fasthits
+
+    click.echo(fasthits.status(db.database_url()).describe())
+
+
+@fast_hits_group.command("build")
+@click.option("--pg-config", type=click.Path(dir_okay=False, exists=True),
+              help="The server's pg_config (default: the embedded server's, else pg_config on PATH).")
+@friendly_errors
+def fast_hits_build(pg_config: str | None):
+    """Compile pgcache_hit and install it into the server pg_config names (run it on the database's host)."""
+    import shutil
+    from pathlib import Path
+
+    from cachelib import fasthits
+
+    if pg_config is None:
+        if config.settings().database_url:
+            pg_config = shutil.which("pg_config")
+        else:
+            major = fasthits.status(db.database_url()).server_version // 10000
+            pg_config = fasthits.embedded_pg_config(major)
+    fasthits.build_and_install(Path(pg_config) if pg_config else None)
+    click.echo(f"built and installed {fasthits.EXTENSION} with {pg_config}; next: python -m cachelib fast-hits enable")
+
+
+@fast_hits_group.command("enable")
+@friendly_errors
+def fast_hits_enable():
+    """Create pgcache_hit in the database and rewrite every cached function to serve hits from it (superuser)."""
+    from cachelib import fasthits
+
+    click.echo(fasthits.enable(db.database_url()).describe())
+
+
+@fast_hits_group.command("disable")
+@friendly_errors
+def fast_hits_disable():
+    """Forward the hits it counted, drop pgcache_hit and rewrite the cached functions without it (superuser)."""
+    from cachelib import fasthits
+
+    click.echo(fasthits.disable(db.database_url()).describe())
+
+
+# --- end the optional C hit path -------------------------------------------------
+
+
 def main():
     # The pool retries in the background and logs each failure; one clear line from us is enough.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cachelib import auth, config, demo, migrate
+from cachelib import auth, config, demo, fasthits, migrate
 from cachelib.config import Settings
 from cachelib.db import Database
 from cachelib.manager import CacheManager
@@ -96,10 +96,42 @@ def pg15() -> Server:
         server.stop()
 
 
-@pytest.fixture(scope="module", params=["pg18", "pg15"])
+class FastHitsServer:
+    """The embedded PostgreSQL 18 with the optional C hit path (pgcache_hit) enabled in each database."""
+
+    def __init__(self, server: Server):
+        self.server = server
+
+    def fresh_database(self, label: str) -> str:
+        url = self.server.fresh_database(f"fast_{label}")
+        fasthits.enable(url)
+        return url
+
+
+@pytest.fixture(scope="session")
+def pg18_fast(pg18: Server) -> FastHitsServer:
+    if os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("the C hit path is built against the embedded server only")
+    pg_config = fasthits.embedded_pg_config(18)
+    reason = fasthits.build_blocker(pg_config)
+    if reason:
+        pytest.skip(f"the C hit path cannot be built here: {reason}")
+    fasthits.build_and_install(pg_config)
+    return FastHitsServer(pg18)
+
+
+def pytest_generate_tests(metafunc):
+    """pg_url: every module runs on PostgreSQL 18 and 15; modules that set ALSO_ON_FAST_HITS once more
+    on 18 with the C hit path enabled (the attacks on the hit path must fail there too)."""
+    if "pg_url" in metafunc.fixturenames:
+        servers = ["pg18", "pg15"] + (["pg18_fast"] if getattr(metafunc.module, "ALSO_ON_FAST_HITS", False) else [])
+        metafunc.parametrize("pg_url", servers, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def pg_url(request) -> str:
-    """A fresh migrated, demo-loaded database, once on PostgreSQL 18 and once on 15."""
-    server: Server = request.getfixturevalue(request.param)
+    """A fresh migrated, demo-loaded database on the server named by the parameter (see pytest_generate_tests)."""
+    server = request.getfixturevalue(request.param)
     return server.fresh_database(request.module.__name__.rsplit(".", 1)[-1])
 
 

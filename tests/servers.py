@@ -225,3 +225,10 @@ def wait_for_replay(primary_url: str, standby_url: str, timeout: float = 20.0) -
         while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:
             assert time.monotonic() < deadline, "the standby did not catch up"
             time.sleep(0.05)
+
+
+def flush_fast_hits(conn) -> None:
+    """Move the hits the optional C path (pgcache_hit) counted in shared memory into the event log, as
+    every roll-up does first: a test that reads or clears the event log then sees every hit."""
+    if conn.execute("SELECT cache_private.fast_hits_installed()").fetchone()[0]:
+        conn.execute("SELECT cache_private.forward_fast_hits()")

@@ -27,6 +27,10 @@ from collections import Counter
 import psycopg
 import pytest
 
+from tests.servers import flush_fast_hits
+
+# Run once more with the optional C hit path enabled: its hits must keep every promise below.
+ALSO_ON_FAST_HITS = True
 TOKEN = "EMERGENCY_CLEAR_CONFIRMED"
 _gates = itertools.count(4242)
 _groups = itertools.count(1000)
@@ -379,9 +383,11 @@ def test_stampede_on_a_real_cached_function_computes_once(url, admin):
     """No gate: 16 callers released together on an invalidated :all key; exactly one miss."""
     n_callers = 16
     admin.execute("SELECT public.invalidate_cache(NULL, 'expert_sessions:all')")
+    flush_fast_hits(admin)
     admin.execute("DELETE FROM cache_private.cache_events WHERE cache_key = 'expert_sessions:all'")
     admin.execute("SELECT public.get_expert_sessions_with_stats_cached(NULL)")  # make sure the key exists
     admin.execute("SELECT public.invalidate_cache(NULL, 'expert_sessions:all')")
+    flush_fast_hits(admin)
     admin.execute("DELETE FROM cache_private.cache_events WHERE cache_key = 'expert_sessions:all'")
     barrier = threading.Barrier(n_callers)
 
@@ -394,7 +400,8 @@ def test_stampede_on_a_real_cached_function_computes_once(url, admin):
         w.start()
     results = [w.outcome() for w in callers]
     direct = val(admin, "SELECT public.get_expert_sessions_with_stats(NULL)")
-    events = dict(admin.execute("SELECT kind, count(*) FROM cache_private.cache_events "
+    flush_fast_hits(admin)
+    events = dict(admin.execute("SELECT kind, sum(weight) FROM cache_private.cache_events "
                                 "WHERE cache_key = 'expert_sessions:all' GROUP BY kind").fetchall())
     print(f"\nstampede (real function): {n_callers} callers, events: {events}")
     assert all(r == direct for r in results)
@@ -453,6 +460,7 @@ def test_maintenance_with_readers_and_writers(url, admin, max_entries):
 
     With max_entries = 6 every cleanup also evicts live entries while they are read and written.
     """
+    flush_fast_hits(admin)
     for table in ("cache_private.cache_events", "cache_private.cache_stats_hourly", "cache_private.fallback_reasons"):
         admin.execute(f"DELETE FROM {table}")
     old_max = val(admin, "SELECT value FROM cache_private.settings WHERE name = 'max_entries'")
@@ -608,6 +616,7 @@ def test_maintenance_with_readers_and_writers(url, admin, max_entries):
 
 def test_concurrent_rollups_never_count_an_event_twice(url, admin):
     """Eight sessions roll up at once while hits are appended: the totals stay exact."""
+    flush_fast_hits(admin)
     admin.execute("DELETE FROM cache_private.cache_events")
     admin.execute("DELETE FROM cache_private.cache_stats_hourly")
     grp = next(_groups)

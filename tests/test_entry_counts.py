@@ -20,6 +20,9 @@ from cachelib.config import Settings
 from cachelib.db import Database
 from tests.servers import login_url
 
+# Run once more with the optional C hit path enabled: its hits must keep every promise below.
+ALSO_ON_FAST_HITS = True
+
 # The truth, by full scan, in the shape of cache_private.entry_totals().
 TRUTH = """
     SELECT cache_name, count(*) FILTER (WHERE data IS NOT NULL),

@@ -47,7 +47,7 @@ def run_checks(url: str, *, allow_writes: bool = False, api_url: str | None = No
     if conn is None:
         for group, name in (("database", "migrations"), ("database", "cache functions"), ("database", "cache catalog"),
                             ("database", "invalidation triggers"), ("database", "row-level security"),
-                            ("database", "grants"), ("database", "search_path pinned"),
+                            ("database", "grants"), ("database", "search_path pinned"), ("database", "C hit path"),
                             ("operations", "cached calls"), ("operations", "health analysis"),
                             ("operations", "cleanup"), ("operations", "scheduled cleanup")):
             run.add(Check(name, group, "skipped", "no usable database connection (see above)"))

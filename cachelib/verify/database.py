@@ -7,7 +7,7 @@ import re
 
 import psycopg
 
-from cachelib import catalog, migrate
+from cachelib import catalog, fasthits, migrate
 from cachelib.config import Settings
 from cachelib.db import connect, describe_url
 from cachelib.errors import CacheError
@@ -108,6 +108,7 @@ def database_checks(run: Run, conn, url: str, config: Settings) -> list[catalog.
     run.guarded(group, "row-level security", lambda: _rls_check(conn))
     run.guarded(group, "grants", lambda: _grants_checks(conn, caches))
     run.guarded(group, "search_path pinned", lambda: _search_path_check(conn))
+    run.guarded(group, "C hit path", lambda: _fast_hits_check(conn))
     return caches
 
 
@@ -348,3 +349,14 @@ def _search_path_check(conn) -> Check:
                                       f"pin {SAFE_SEARCH_PATH}")
 
 
+def _fast_hits_check(conn) -> Check:
+    """The optional C hit path: optional, so only a disagreement between it and the wrappers fails."""
+    name, group = "C hit path", "database"
+    current = fasthits.status_of(conn)
+    problem = fasthits.mismatch(current)
+    if problem:
+        fix = "python -m cachelib fast-hits enable" if current.enabled else "python -m cachelib fast-hits disable"
+        return Check(name, group, "fail", problem, fix)
+    if current.enabled:
+        return Check(name, group, "pass", current.describe())
+    return Check(name, group, "skipped", f"optional, not in use: {current.describe()}", required=False)
