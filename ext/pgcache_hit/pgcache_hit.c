@@ -54,6 +54,7 @@
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -264,10 +265,31 @@ typedef struct Entry
 } Entry;
 
 /*
- * The relation, checked as a query would check it: the scans below bypass the executor, so
- * a caller without SELECT on the table (anyone but the engine's owner, who calls this from
- * its wrappers) is refused here rather than served what it may not read.
+ * Where the proof reads: the two tables and query_cache's columns, looked up once per session
+ * and forgotten on any relation cache invalidation (a migration altering a table).
  */
+typedef struct Layout
+{
+	bool		valid;
+	Oid			query_cache;
+	Oid			invalidations;
+	AttrNumber	data;
+	AttrNumber	compute_ms;
+	AttrNumber	created_at;
+	AttrNumber	expires_at;
+	AttrNumber	computed_xmin;
+	AttrNumber	computed_xmax;
+} Layout;
+
+static Layout layout;
+static bool layout_callback_registered = false;
+
+static void
+forget_layout(Datum arg, Oid relid)
+{
+	layout.valid = false;
+}
+
 static Oid
 relation_named(const char *schema, const char *name)
 {
@@ -275,10 +297,65 @@ relation_named(const char *schema, const char *name)
 
 	if (!OidIsValid(relid))
 		elog(ERROR, "pgcache_hit: %s.%s does not exist", schema, name);
+	return relid;
+}
+
+static AttrNumber
+column_named(Oid relid, const char *name)
+{
+	AttrNumber	attnum = get_attnum(relid, name);
+
+	if (attnum == InvalidAttrNumber)
+		elog(ERROR, "pgcache_hit: query_cache has no column %s", name);
+	return attnum;
+}
+
+static Layout *
+current_layout(void)
+{
+	if (!layout_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(forget_layout, (Datum) 0);
+		layout_callback_registered = true;
+	}
+	if (!layout.valid)
+	{
+		layout.query_cache = relation_named("public", "query_cache");
+		layout.invalidations = relation_named("cache_private", "invalidations");
+		layout.data = column_named(layout.query_cache, "data");
+		layout.compute_ms = column_named(layout.query_cache, "compute_ms");
+		layout.created_at = column_named(layout.query_cache, "created_at");
+		layout.expires_at = column_named(layout.query_cache, "expires_at");
+		layout.computed_xmin = column_named(layout.query_cache, "computed_xmin");
+		layout.computed_xmax = column_named(layout.query_cache, "computed_xmax");
+		layout.valid = true;
+	}
+	return &layout;
+}
+
+/*
+ * Open a table and its primary key, checked as a query would check them: the scans below bypass
+ * the executor, so a caller without SELECT on the table (anyone but the engine's owner, who calls
+ * this from its wrappers) is refused here rather than served what it may not read.
+ */
+static Relation
+open_checked(Oid relid, Relation *index)
+{
+	Relation	heap;
+
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						errmsg("permission denied for table %s.%s", schema, name)));
-	return relid;
+						errmsg("permission denied for table %s", get_rel_name(relid))));
+	heap = table_open(relid, AccessShareLock);
+	*index = index_open(RelationGetPrimaryKeyIndex(heap, false), AccessShareLock);
+	return heap;
+}
+
+static void
+close_both(Relation heap, Relation index)
+{
+	index_close(index, NoLock);
+	table_close(heap, NoLock);
 }
 
 /* Equality on the first column of a text-keyed btree, in the index's collation. */
@@ -289,22 +366,12 @@ key_equals(ScanKey key, Relation index, text *value)
 						   F_TEXTEQ, PointerGetDatum(value));
 }
 
-static Datum
-column(TupleTableSlot *slot, Relation heap, const char *name, bool *isnull)
-{
-	AttrNumber	attnum = get_attnum(RelationGetRelid(heap), name);
-
-	if (attnum == InvalidAttrNumber)
-		elog(ERROR, "pgcache_hit: query_cache has no column %s", name);
-	return slot_getattr(slot, attnum, isnull);
-}
-
 /* Read the entry of cache_key through query_cache's primary key; false when there is none. */
 static bool
-read_entry(text *cache_key, Snapshot snapshot, Entry *entry)
+read_entry(Layout *at, text *cache_key, Snapshot snapshot, Entry *entry)
 {
-	Relation	heap = table_open(relation_named("public", "query_cache"), AccessShareLock);
-	Relation	index = index_open(RelationGetPrimaryKeyIndex(heap, false), AccessShareLock);
+	Relation	index;
+	Relation	heap = open_checked(at->query_cache, &index);
 	TupleTableSlot *slot = table_slot_create(heap, NULL);
 	IndexScanDesc scan = index_beginscan(heap, index, snapshot, NULL, 1, 0);
 	ScanKeyData key;
@@ -316,7 +383,7 @@ read_entry(text *cache_key, Snapshot snapshot, Entry *entry)
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	if (found)
 	{
-		Datum		data = column(slot, heap, "data", &isnull);
+		Datum		data = slot_getattr(slot, at->data, &isnull);
 		Datum		xmin;
 		Datum		xmax;
 		bool		xmin_null;
@@ -324,11 +391,11 @@ read_entry(text *cache_key, Snapshot snapshot, Entry *entry)
 
 		found = !isnull;
 		entry->data = isnull ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(data));
-		entry->compute_ms = DatumGetFloat8(column(slot, heap, "compute_ms", &isnull));
-		entry->created_at = DatumGetTimestampTz(column(slot, heap, "created_at", &isnull));
-		entry->expires_at = DatumGetTimestampTz(column(slot, heap, "expires_at", &isnull));
-		xmin = column(slot, heap, "computed_xmin", &xmin_null);
-		xmax = column(slot, heap, "computed_xmax", &xmax_null);
+		entry->compute_ms = DatumGetFloat8(slot_getattr(slot, at->compute_ms, &isnull));
+		entry->created_at = DatumGetTimestampTz(slot_getattr(slot, at->created_at, &isnull));
+		entry->expires_at = DatumGetTimestampTz(slot_getattr(slot, at->expires_at, &isnull));
+		xmin = slot_getattr(slot, at->computed_xmin, &xmin_null);
+		xmax = slot_getattr(slot, at->computed_xmax, &xmax_null);
 		found = found && !xmin_null && !xmax_null;	/* no snapshot kept: the SQL engine decides */
 		if (found)
 		{
@@ -338,8 +405,7 @@ read_entry(text *cache_key, Snapshot snapshot, Entry *entry)
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, NoLock);
-	table_close(heap, NoLock);
+	close_both(heap, index);
 	return found;
 }
 
@@ -364,15 +430,14 @@ invalidated_since(Relation heap, Relation index, text *cache_key, FullTransactio
 
 /* No committed write of the key or its whole cache that the entry's snapshot did not see. */
 static bool
-no_writer_since(text *cache_name, text *cache_key, FullTransactionId computed_xmin, Snapshot snapshot)
+no_writer_since(Layout *at, text *cache_name, text *cache_key, FullTransactionId computed_xmin, Snapshot snapshot)
 {
-	Relation	heap = table_open(relation_named("cache_private", "invalidations"), AccessShareLock);
-	Relation	index = index_open(RelationGetPrimaryKeyIndex(heap, false), AccessShareLock);
+	Relation	index;
+	Relation	heap = open_checked(at->invalidations, &index);
 	bool		current = !invalidated_since(heap, index, cache_key, computed_xmin, snapshot)
 		&& !invalidated_since(heap, index, cache_name, computed_xmin, snapshot);
 
-	index_close(index, NoLock);
-	table_close(heap, NoLock);
+	close_both(heap, index);
 	return current;
 }
 
@@ -429,6 +494,7 @@ hit_fast(PG_FUNCTION_ARGS)
 	text	   *cache_key;
 	Interval   *duration;
 	Entry		entry;
+	Layout	   *at;
 	bool		servable;
 	double		elapsed_ms;
 
@@ -448,12 +514,14 @@ hit_fast(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 
 	/* A snapshot of its own, as a statement in a PL/pgSQL function takes. */
+	at = current_layout();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	servable = read_entry(cache_key, GetActiveSnapshot(), &entry)
+	servable = read_entry(at, cache_key, GetActiveSnapshot(), &entry)
 		&& entry_is_servable(&entry, now, duration)
-		&& no_writer_since(cache_name, cache_key, entry.computed_xmin, GetActiveSnapshot());
+		&& no_writer_since(at, cache_name, cache_key, entry.computed_xmin, GetActiveSnapshot());
 	PopActiveSnapshot();
-	if (!servable)
+	/* A table changed under us while we opened it (a migration): let the SQL engine answer this once. */
+	if (!servable || !at->valid)
 		PG_RETURN_NULL();
 
 	elapsed_ms = (double) (GetCurrentTimestamp() - started) / 1000.0;
