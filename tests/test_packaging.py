@@ -21,7 +21,7 @@ import pytest
 from cachelib.config import PROJECT_ROOT
 
 SHIPPED = ["pyproject.toml", "requirements.txt", "requirements-dev.txt", "dashboard.py", "cachelib", "pages", "sql",
-           ".streamlit/config.toml"]
+           ".streamlit/config.toml", "ext"]
 
 
 def run(*args, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def installed(tmp_path_factory) -> Path:
         origin, target = PROJECT_ROOT / name, source / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if origin.is_dir():
-            shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.o", "*.so"))
         else:
             shutil.copy2(origin, target)
     run(sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(work / "wheels"), cwd=source)
@@ -65,6 +65,11 @@ def test_the_wheel_installs_the_app_files_where_the_package_finds_them(installed
     assert (app / ".streamlit" / "config.toml").is_file()
     assert sorted(p.name for p in (app / "sql" / "migrations").glob("*.sql")) == \
         sorted(p.name for p in (PROJECT_ROOT / "sql" / "migrations").glob("*.sql"))
+    # the optional C hit path's source, for `pgcache fast-hits build` on the database's host
+    shipped = run(str(installed / "bin" / "python"), "-c",
+                  "from cachelib import fasthits; print(all((fasthits.SOURCE / f).is_file() "
+                  "for f in fasthits.SOURCE_FILES))", cwd=tmp_path).stdout.strip()
+    assert shipped == "True"
 
 
 def test_the_installed_command_migrates_and_lists_the_catalog_from_any_folder(installed, pg18, tmp_path):
