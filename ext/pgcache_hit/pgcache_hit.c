@@ -1,27 +1,29 @@
 /*
  * pgcache_hit: the cache hit of cache_private.get_or_compute served from C, and counted in
- * shared memory instead of appended to cache_private.cache_events.
+ * shared memory instead of appended to cache_private.cache_events. Optional (see README.md
+ * here): `python -m cachelib fast-hits enable` installs it and rewrites every generated
+ * wrapper to ask it first (migration 0026).
  *
- * Why it exists: a hit through the PL/pgSQL engine costs a function frame with its own
- * settings and one insert (a transaction id and a commit) per hit. Issue 17 asks what a hit
- * costs without them. This module is that measurement's subject: bench/run.py builds it when
- * a compiler and the server's headers are there and reports it beside the SQL engine. The
- * product does not call it (see ext/pgcache_hit/README.md for what it would cost to).
+ * Why it exists: a hit through the PL/pgSQL engine costs a chain of function frames with their
+ * own settings and one insert (a transaction id and a commit) per hit; under many clients on
+ * one key that runs at about a third of a bare primary-key read.
  *
  * cache_private.hit_fast(cache, key, duration) returns the entry's data when the same quick
- * proof as get_or_compute (0018) holds, and NULL otherwise: the caller then goes the SQL way,
- * which decides everything hit_fast does not (a transaction that wrote, a read-only or standby
- * transaction, a bad duration, an entry needing the slow proof, a miss).
+ * proof as get_or_compute (0018) holds, read through the two primary keys without the
+ * executor, and NULL otherwise: the wrapper then goes the SQL way, which decides everything
+ * hit_fast does not (a miss, a transaction that wrote, a read-only or standby transaction,
+ * SERIALIZABLE, a bad duration, an entry needing the slow proof, the owner's test clock).
  *
- * Hits are summed per (cache, key, entry version, UTC hour) in a segment of the DSM registry
- * (PostgreSQL 17+): no transaction id, no row. cache_private.drain_fast_hits() hands the sums
- * over and empties the table; an aborted drain puts them back. A slot table that is full, or
- * a key too long for a slot, appends the hit as the SQL engine does, so every hit is counted.
- * What the sums cannot survive: a server restart or crash before the drain (the unlogged
- * event table the SQL engine appends to is lost on a crash too, but kept on a clean restart).
+ * Hits are summed per (database, cache, key, entry version, UTC hour) in a segment of the DSM
+ * registry (PostgreSQL 17+): no transaction id, no row. cache_private.drain_fast_hits() hands
+ * this database's sums over; a drain whose transaction or subtransaction aborts puts them back.
+ * A slot table that is full, or a key too long for a slot, appends the hit as the SQL engine
+ * does, so every hit is counted. What the sums cannot survive: a server restart or crash before
+ * the drain (the unlogged event table the SQL engine appends to is lost on a crash too, but
+ * kept on a clean restart).
  *
- * Every name in the SQL below is schema-qualified, operators included: the function sets no
- * search_path (that setting's save and restore is part of what is measured away).
+ * The function sets no search_path (that setting's save and restore is part of what it saves):
+ * it finds its tables by schema and name, and its one SQL statement is qualified.
  */
 #include "postgres.h"
 
@@ -167,8 +169,9 @@ add_to_slot(HitSlot *slot, int64 hits, double elapsed_ms, double compute_ms,
 }
 
 /*
- * Find the slot of (cache, key, version, hour) with the lock held in `mode`, taking a free
- * one when exclusive. NULL when it is not there (shared) or no slot is free within reach.
+ * Find the slot of (database, cache, key, entry version, hour), with the table's lock held:
+ * shared to look, exclusive to take a free slot (take_free). NULL when it is not there, or
+ * when no slot is free within MAX_PROBES of where its hash starts.
  */
 static HitSlot *
 find_slot(HitTable *table, Oid database, const char *cache_name, const char *cache_key,
@@ -502,7 +505,8 @@ hit_fast(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	/*
 	 * What the SQL engine decides: own writes, standbys, read-only callers, a test clock, and
-	 * SERIALIZABLE callers (whose reads the SQL engine makes with predicate locks kept apart).
+	 * SERIALIZABLE callers (their reads must leave predicate locks; left to the executor rather
+	 * than reasoned about here).
 	 */
 	if (XactReadOnly || RecoveryInProgress() || FullTransactionIdIsValid(GetTopFullTransactionIdIfAny())
 		|| IsolationIsSerializable() || clock_is_overridden())
