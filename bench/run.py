@@ -303,7 +303,14 @@ def fast_hits(url):
         print(f"  not measured: {reason}")
         return
     fasthits.build_and_install(pg_config)
-    fasthits.enable(url)
+    if not fasthits.status(url).available:  # built for another server than BENCH_DATABASE_URL's
+        print(f"  not measured: built with {pg_config}, which is not the bench server's")
+        return
+    try:
+        fasthits.enable(url)
+    except fasthits.FastHitsError as exc:  # e.g. BENCH_DATABASE_URL is not a superuser's
+        print(f"  not measured: {exc}")
+        return
     try:
         hits, floors, counted, _size = hits_and_floors(url)
         record("fast_hits", "hit p50, served in C (µs)", p(hits, .5) * 1e6, "µs", p(floors, .5) * 1e6,
