@@ -9,6 +9,7 @@ bench and the tests all go through this module.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -98,8 +99,10 @@ def _pg_config_value(pg_config: Path, flag: str) -> str:
 
 def version_blocker(version: str) -> str | None:
     """Why a server of this version ("PostgreSQL 18.4", as pg_config --version says) cannot run it."""
-    major = int(version.split()[-1].split(".")[0])
-    if major * 10000 < MINIMUM_SERVER_VERSION:
+    found = re.search(r"PostgreSQL (\d+)", version)  # "PostgreSQL 15.18 (Debian ...)", "PostgreSQL 18devel"
+    if found is None:
+        return f"cannot tell the server's version from {version!r}"
+    if int(found.group(1)) * 10000 < MINIMUM_SERVER_VERSION:
         return f"{version}: the hit counts need PostgreSQL 17 or later (its DSM registry)"
     return None
 

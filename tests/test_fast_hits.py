@@ -198,3 +198,5 @@ def test_enabling_where_it_cannot_run_says_why(pg15):
     assert not fasthits.status(url).enabled
     assert "17 or later" in fasthits.version_blocker("PostgreSQL 15.18")
     assert fasthits.version_blocker("PostgreSQL 18.4") is None
+    assert fasthits.version_blocker("PostgreSQL 18devel") is None
+    assert "17 or later" in fasthits.version_blocker("PostgreSQL 16.14 (Debian 16.14-1.pgdg120+1)")
