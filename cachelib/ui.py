@@ -134,6 +134,10 @@ def prefetch(*reads: str | tuple[str, dict[str, Any]]) -> None:
         except CacheError:
             pass  # the page's own read shows the error where it belongs
 
+    try:
+        queries.rollup(get_database(url))  # once, so that the reads below all see the same figures
+    except CacheError:
+        pass  # the page's own read shows the error where it belongs
     list(_prefetch_pool().map(warm, calls))
 
 
