@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -294,21 +293,12 @@ HOT_BARE_C_HIT = "SELECT cache_private.hit_fast('expert_sessions', 'expert_sessi
 def fast_hits(url):
     """The same hit, hot key and counts with pgcache_hit enabled, where it can be built; disabled after."""
     print("3c. the optional C hit path (pgcache_hit): hits served from C, counted in shared memory")
-    with psycopg.connect(url) as conn:
-        major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
-    pg_config = shutil.which("pg_config") if os.environ.get("BENCH_DATABASE_URL") else \
-        fasthits.embedded_pg_config(major)
-    reason = fasthits.build_blocker(pg_config)
-    if reason:
-        print(f"  not measured: {reason}")
-        return
-    fasthits.build_and_install(pg_config)
-    if not fasthits.status(url).available:  # built for another server than BENCH_DATABASE_URL's
-        print(f"  not measured: built with {pg_config}, which is not the bench server's")
-        return
+    pg_config = fasthits.server_pg_config(url, embedded=not os.environ.get("BENCH_DATABASE_URL"))
     try:
+        fasthits.build_and_install(pg_config)
+        # refused when built for another server than BENCH_DATABASE_URL's, or not as a superuser
         fasthits.enable(url)
-    except fasthits.FastHitsError as exc:  # e.g. BENCH_DATABASE_URL is not a superuser's
+    except fasthits.FastHitsError as exc:
         print(f"  not measured: {exc}")
         return
     try:

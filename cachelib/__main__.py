@@ -802,17 +802,12 @@ def fast_hits_status():
 @friendly_errors
 def fast_hits_build(pg_config: str | None):
     """Compile pgcache_hit and install it into the server pg_config names (run it on the database's host)."""
-    import shutil
     from pathlib import Path
 
     from cachelib import fasthits
 
     if pg_config is None:
-        if config.settings().database_url:
-            pg_config = shutil.which("pg_config")
-        else:
-            major = fasthits.status(db.database_url()).server_version // 10000
-            pg_config = fasthits.embedded_pg_config(major)
+        pg_config = fasthits.server_pg_config(db.database_url(), embedded=not config.settings().database_url)
     fasthits.build_and_install(Path(pg_config) if pg_config else None)
     click.echo(f"built and installed {fasthits.EXTENSION} with {pg_config}; next: python -m cachelib fast-hits enable")
 

@@ -93,6 +93,15 @@ def embedded_pg_config(major: int) -> Path | None:
     return Path(bin_dir) / "pg_config" if bin_dir and (Path(bin_dir) / "pg_config").exists() else None
 
 
+def server_pg_config(url: str, embedded: bool) -> Path | None:
+    """The pg_config to build against for the server at ``url``: the embedded server's of its major
+    version, or (a server of your own) the pg_config on PATH."""
+    if not embedded:
+        found = shutil.which("pg_config")
+        return Path(found) if found else None
+    return embedded_pg_config(status(url).server_version // 10000)
+
+
 def _pg_config_value(pg_config: Path, flag: str) -> str:
     return subprocess.run([str(pg_config), flag], capture_output=True, text=True, check=True).stdout.strip()
 
@@ -115,8 +124,8 @@ def build_blocker(pg_config: Path | None) -> str | None:
         if shutil.which(tool) is None:
             return f"no {tool} on this machine"
     version = _pg_config_value(Path(pg_config), "--version")
-    if version_blocker(version):
-        return version_blocker(version)
+    if blocker := version_blocker(version):
+        return blocker
     if not Path(_pg_config_value(Path(pg_config), "--pgxs")).exists():
         return f"{version} has no extension build files (pgxs): install its development package"
     if not (Path(_pg_config_value(Path(pg_config), "--includedir-server")) / "postgres.h").exists():

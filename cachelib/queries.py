@@ -22,6 +22,8 @@ from cachelib.errors import InvalidInput
 
 ORDER_BY_CHOICES = ("hits", "size", "age", "expires", "compute", "saved", "key")
 BUCKETS = ("hour", "day", "week")
+# Rolls the pending statistics up, where this session may (the owner's, on the primary); else nothing.
+TRY_ROLLUP = "SELECT cache_private.try_rollup()"
 
 
 def _frame(sql: str, params: tuple = (), database: Database | None = None, rollup: bool = False,
@@ -35,7 +37,7 @@ def _frame(sql: str, params: tuple = (), database: Database | None = None, rollu
         if in_utc:
             conn.execute("SELECT pg_catalog.set_config('TimeZone', 'UTC', true)")
         if rollup:
-            conn.execute("SELECT cache_private.try_rollup()")
+            conn.execute(TRY_ROLLUP)
         cursor = conn.cursor()
         # Percentages and averages arrive as numeric; charts and tables want floats.
         cursor.adapters.register_loader("numeric", FloatLoader)
@@ -53,7 +55,7 @@ def rollup(database: Database | None = None) -> None:
     replica) is left as it is."""
     database = database or get_database()
     with translated_errors(database.url), database.connection() as conn:
-        conn.execute("SELECT cache_private.try_rollup()")
+        conn.execute(TRY_ROLLUP)
 
 
 def overview(database: Database | None = None) -> pd.DataFrame:

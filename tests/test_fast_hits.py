@@ -9,6 +9,7 @@ it by mistake; enabling and disabling rewrite the wrappers and lose no hit.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import psycopg
@@ -149,24 +150,43 @@ def test_databases_on_one_server_keep_their_own_hits(pg18_fast, url, owner):
     assert hit_count(owner) == before + 1
 
 
+@contextlib.contextmanager
+def login(owner, url, role: str, member_of: str):
+    """A LOGIN role that is a member of ``member_of`` (as every signed-in or anonymous caller is)."""
+    owner.execute(f"DROP ROLE IF EXISTS {role}")
+    owner.execute(f"CREATE ROLE {role} LOGIN IN ROLE {member_of}")
+    try:
+        with psycopg.connect(login_url(url, role), autocommit=True) as conn:
+            yield conn
+    finally:
+        owner.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
+        owner.execute(f"DROP OWNED BY {role}")
+        owner.execute(f"DROP ROLE {role}")
+
+
 @pytest.fixture
 def eve(owner, url):
     """A signed-in user (member of authenticated), granted the C function by a careless admin."""
-    owner.execute("DROP ROLE IF EXISTS fast_eve")
-    owner.execute("CREATE ROLE fast_eve LOGIN IN ROLE authenticated")
-    with psycopg.connect(login_url(url, "fast_eve"), autocommit=True) as conn:
+    with login(owner, url, "fast_eve", "authenticated") as conn:
         yield conn
-    owner.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'fast_eve'")
-    owner.execute("DROP OWNED BY fast_eve")
-    owner.execute("DROP ROLE fast_eve")
+
+
+C_CALLS = (f"SELECT cache_private.hit_fast('expert_sessions', '{KEY}', '1 hour')",
+           "SELECT count(*) FROM cache_private.drain_fast_hits()",
+           "SELECT cache_private.forward_fast_hits()")
+
+
+def test_an_anonymous_caller_reaches_nothing_of_the_c_path(owner, url):
+    with login(owner, url, "fast_ann", "anon") as ann:
+        for sql in (*C_CALLS, CALL):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                ann.execute(sql)
 
 
 def test_only_the_engine_calls_the_c_functions(owner, eve):
-    for sql in ("SELECT cache_private.hit_fast('expert_sessions', %s, '1 hour')",
-                "SELECT count(*) FROM cache_private.drain_fast_hits()",
-                "SELECT cache_private.forward_fast_hits()"):
+    for sql in C_CALLS:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            eve.execute(sql, [KEY] if "%s" in sql else None)
+            eve.execute(sql)
     # Granted by mistake, the C hit still reads nothing its caller may not read.
     owner.execute("GRANT USAGE ON SCHEMA cache_private TO fast_eve")
     owner.execute("GRANT EXECUTE ON FUNCTION cache_private.hit_fast(text, text, interval) TO fast_eve")
